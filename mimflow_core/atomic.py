@@ -1,0 +1,55 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half.
+
+Every long job writes its results through these helpers (temp file in the
+same directory, fsync, ``os.replace``), so a crash or Ctrl-C never leaves a
+truncated checkpoint, shard or JSON behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary sibling of ``path``; rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str = "wb") -> None:
+    """Call ``write(file)`` on a temporary file and move it to ``path``."""
+    with atomic_open(path, mode) as f:
+        write(f)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (NaN is written as null)."""
+    text = json.dumps(_finite_or_none(obj), indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN/Inf: write them as null so any parser can read the file."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj

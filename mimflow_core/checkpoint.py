@@ -1,0 +1,173 @@
+"""The checkpoint format ("mimflow-lab/1") and the one public loader.
+
+A checkpoint is one ``.pt`` file holding plain types only::
+
+    {"format": "mimflow-lab/1", "config": {...ModelConfig fields...},
+     "model": state_dict, "ema": state_dict | None, "step": int, "phase": 1 | 2,
+     "train": {data, mask_ratio, variant, ...}, "meta": {...},
+     "resume": {...} (optional: optimizer/RNG state written by the trainer)}
+
+It is written atomically and read with ``torch.load(weights_only=True)``, so
+loading a file can never run code from it; every problem with a file is
+reported as one :class:`MIMFlowError` line naming the file.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import pickle
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mimflow_core.atomic import atomic_write
+from mimflow_core.config import ModelConfig
+from mimflow_core.errors import MIMFlowError
+from mimflow_core.model import MIMFlow
+
+FORMAT = "mimflow-lab/1"
+REQUIRED_KEYS = ("format", "config", "model", "step", "phase")
+
+
+def save_checkpoint(path: str | Path, model: MIMFlow, *, ema_state: dict | None = None, step: int = 0,
+                    phase: int = 1, train: dict | None = None, meta: dict | None = None,
+                    resume: dict | None = None) -> None:
+    """Write ``model`` (and optionally EMA weights and resume state) to ``path`` atomically."""
+    ckpt = {
+        "format": FORMAT,
+        "config": model.config.to_dict(),
+        "model": _cpu_state(model.state_dict()),
+        "ema": None if ema_state is None else _cpu_state(ema_state),
+        "step": int(step),
+        "phase": int(phase),
+        "train": dict(train or {}),
+        "meta": {"torch": str(torch.__version__), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 **(meta or {})},
+    }
+    if resume is not None:
+        ckpt["resume"] = resume
+    atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def _cpu_state(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint dict; never unpickles anything but plain data and tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise MIMFlowError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):
+            raise MIMFlowError(f"{path}: checkpoint is truncated or corrupt (incomplete zip archive)")
+        raise MIMFlowError(f"{path}: not a PyTorch checkpoint (expected a zip archive written by torch.save)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise MIMFlowError(f"{path}: refused to load: it contains objects other than tensors and plain data, "
+                           f"which could run code ({_unpickler_reason(e)})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise MIMFlowError(f"{path}: checkpoint is truncated or corrupt ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
+        raise MIMFlowError(f"{path}: not a mimflow-lab checkpoint (no 'format' key)")
+    if ckpt["format"] != FORMAT:
+        raise MIMFlowError(f"{path}: unsupported checkpoint format {ckpt['format']!r} (this version reads {FORMAT!r})")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise MIMFlowError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ckpt
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The informative line of torch's long weights-only error, e.g. 'Unsupported global: GLOBAL posix.system'."""
+    for line in str(error).splitlines():
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1]
+        if "GLOBAL" in line:
+            return line.strip().split(" was not")[0][:160]
+    return type(error).__name__
+
+
+def build_model(config: dict | ModelConfig, path: str | Path = "<config>") -> MIMFlow:
+    """Rebuild the model from a stored config, naming ``path`` if the config is invalid."""
+    try:
+        cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(dict(config))
+    except (MIMFlowError, TypeError) as e:
+        raise MIMFlowError(f"{path}: {e}") from None
+    return MIMFlow(cfg)
+
+
+def load_weights(model: MIMFlow, state: dict, path: str | Path, what: str) -> None:
+    """load_state_dict(strict) with a one-line report of missing, unexpected or mis-shaped weights."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own.keys() & state.keys() if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} {name} (e.g. {keys[0]})")
+        raise MIMFlowError(f"{path}: {what} weights do not match the stored config: " + ", ".join(parts))
+    model.load_state_dict(state)
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint says about itself, beside the weights."""
+
+    path: Path
+    config: ModelConfig
+    step: int
+    phase: int
+    train: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    weights: str = "ema"
+
+    @property
+    def variant(self) -> str:
+        return str(self.train.get("variant", "mimflow"))
+
+    @property
+    def label(self) -> str:
+        """A short legend label, e.g. "mimflow (mask 0.4-0.6)" or the file name when nothing is recorded."""
+        mask = self.train.get("mask_ratio")
+        if "variant" not in self.train and mask is None:
+            return self.path.stem
+        return f"{self.variant} (mask {mask})" if mask is not None else self.variant
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """Hash of the file's bytes: the cache key of everything computed from this checkpoint."""
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+
+def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
+               ) -> tuple[MIMFlow, CheckpointInfo]:
+    """Load a checkpoint for analysis: ``(model in eval mode, info)``.
+
+    ``weights="ema"`` (default) takes the EMA weights when the checkpoint has
+    them and the raw weights otherwise (``info.weights`` says which);
+    ``weights="raw"`` always takes the raw training weights.
+    """
+    if weights not in ("ema", "raw"):
+        raise MIMFlowError(f"weights must be 'ema' or 'raw', not {weights!r}")
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["config"], path)
+    used = "ema" if weights == "ema" and ckpt.get("ema") is not None else "raw"
+    load_weights(model, ckpt["ema"] if used == "ema" else ckpt["model"], path, used)
+    info = CheckpointInfo(path=path, config=model.config, step=int(ckpt["step"]), phase=int(ckpt["phase"]),
+                          train=dict(ckpt.get("train") or {}), meta=dict(ckpt.get("meta") or {}), weights=used)
+    return model.to(device).eval(), info

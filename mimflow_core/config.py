@@ -1,0 +1,124 @@
+"""Every architecture knob of a MIMFlow model, and the named presets.
+
+A checkpoint stores ``dataclasses.asdict(config)``; the model is rebuilt from
+it alone, so everything that changes a parameter shape lives here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from mimflow_core.errors import MIMFlowError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # images
+    image_size: int = 32          # square input/output resolution in pixels
+    channels: int = 3
+    patch_size: int = 4           # N = (image_size / patch_size)^2 patches
+    # masked encoder (ViT over N patches + K latent queries)
+    enc_depth: int = 4
+    enc_width: int = 128
+    enc_heads: int = 4
+    # latent space
+    num_tokens: int = 16          # K learnable latent query tokens
+    latent_dim: int = 8           # D channels per latent token
+    noise_sigma: float = 0.3      # z_hat = z + sigma * eps (paper Eq. 1)
+    mask_ratio_min: float = 0.4   # training samples one ratio per batch in [min, max]
+    mask_ratio_max: float = 0.6
+    # latent normalizing flow (TarFlow/STARFlow autoregressive affine blocks)
+    flow_blocks: tuple[int, ...] = (2, 2, 2, 4)  # layers per block; the last is the deep class-conditioned block
+    flow_width: int = 128
+    flow_heads: int = 4
+    flow_gated_attn: bool = True  # sigmoid gate on the attention output (Qiu et al. 2025)
+    flow_scale: str = "exp"       # "exp" (MIMFlow) or "softplus" (STARFlow)
+    # decoder (image queries + latent tokens, joint self-attention)
+    dec_depth: int = 4
+    dec_width: int = 128
+    dec_heads: int = 4
+    # heads
+    aux_dim: int = 0              # per-patch auxiliary target size; 0 = no aux head
+    aux_width: int = 128
+    num_classes: int = 10         # class conditioning of the deep flow block; label -1 = unconditional
+    disc_width: int = 64          # PatchGAN discriminator base channels (phase 2)
+    disc_layers: int = 2
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flow_blocks", tuple(int(n) for n in self.flow_blocks))
+        problems = []
+        if self.image_size % self.patch_size:
+            problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        for name in ("enc", "dec", "flow"):
+            width, heads = getattr(self, f"{name}_width"), getattr(self, f"{name}_heads")
+            if width % heads:
+                problems.append(f"{name}_width {width} is not divisible by {name}_heads {heads}")
+        if not self.flow_blocks or min(self.flow_blocks) < 1:
+            problems.append(f"flow_blocks {self.flow_blocks} must be a non-empty list of positive layer counts")
+        if self.flow_scale not in ("exp", "softplus"):
+            problems.append(f"flow_scale {self.flow_scale!r} must be 'exp' or 'softplus'")
+        if not 0.0 <= self.mask_ratio_min <= self.mask_ratio_max < 1.0:
+            problems.append(f"mask ratio range [{self.mask_ratio_min}, {self.mask_ratio_max}] must lie in [0, 1)")
+        if min(self.num_tokens, self.latent_dim, self.num_classes) < 1:
+            problems.append("num_tokens, latent_dim and num_classes must be >= 1")
+        if problems:
+            raise MIMFlowError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_size * self.patch_size * self.channels
+
+    @property
+    def latent_numel(self) -> int:
+        """Dimension of the flow's input, K * D (the Jacobian is latent_numel x latent_numel)."""
+        return self.num_tokens * self.latent_dim
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["flow_blocks"] = list(self.flow_blocks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise MIMFlowError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # CPU preset: 32 px digits/CIFAR-sized images, a train step on 32 images well under a second on 2 cores.
+    "tiny": ModelConfig(),
+    # A small GPU/CPU preset for 64 px images.
+    "small": ModelConfig(
+        image_size=64, patch_size=8, enc_depth=6, enc_width=256, enc_heads=4,
+        num_tokens=32, latent_dim=16, flow_blocks=(2, 2, 2, 6), flow_width=256, flow_heads=4,
+        dec_depth=6, dec_width=256, dec_heads=4, aux_width=256, disc_layers=3,
+    ),
+    # ViT-B autoencoder as in the paper with a mid-size flow (a quicker ImageNet-256 run).
+    "base": ModelConfig(
+        image_size=256, patch_size=16, enc_depth=12, enc_width=768, enc_heads=12,
+        num_tokens=128, latent_dim=64, flow_blocks=(2,) * 7 + (8,), flow_width=768, flow_heads=12,
+        dec_depth=12, dec_width=768, dec_heads=12, aux_width=768, num_classes=1000, disc_layers=3,
+    ),
+    # MIMFlow-L exactly as the paper's Table 6: ViT-B encoder/decoder, patch 16, 256 px, K=128, D=64,
+    # sigma 0.3, mask 0.4-0.6, flow blocks [2]*7 + [20] at width 1024 (~482M flow parameters).
+    "L": ModelConfig(
+        image_size=256, patch_size=16, enc_depth=12, enc_width=768, enc_heads=12,
+        num_tokens=128, latent_dim=64, flow_blocks=(2,) * 7 + (20,), flow_width=1024, flow_heads=16,
+        dec_depth=12, dec_width=768, dec_heads=12, aux_width=768, num_classes=1000, disc_layers=3,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    """Return preset ``name`` with some fields replaced (e.g. ``num_tokens=64``)."""
+    if name not in PRESETS:
+        raise MIMFlowError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)

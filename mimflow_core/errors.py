@@ -1,0 +1,11 @@
+"""The one exception type that reaches a user as a single line.
+
+Anything a user can cause (a missing file, a malformed checkpoint, a bad
+argument) raises :class:`MIMFlowError` with a message that names the file or
+option and the problem. The CLI prints it as one line and exits with code 2;
+everything else is a bug and keeps its traceback.
+"""
+
+
+class MIMFlowError(Exception):
+    """A problem with user input, reported as one line without a traceback."""

@@ -1,0 +1,57 @@
+"""The ``mimflow-lab`` command line.
+
+Subcommands live in ``mimflow_lab/commands/`` and are imported only when
+called, so ``mimflow-lab --help`` answers without importing torch. Errors a
+user can cause (:class:`~mimflow_core.errors.MIMFlowError`) print one line and
+exit with code 2.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# name -> "module:attribute" of a click command
+COMMANDS: dict[str, str] = {
+    "info": "mimflow_lab.commands.info:info",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Train, analyse and evaluate MIMFlow models."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    from mimflow_core.errors import MIMFlowError
+
+    try:
+        cli.main(args=argv, prog_name="mimflow-lab", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("mimflow-lab: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except MIMFlowError as e:
+        click.echo(f"mimflow-lab: error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
