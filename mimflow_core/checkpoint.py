@@ -104,19 +104,20 @@ def build_model(config: dict | ModelConfig, path: str | Path = "<config>") -> MI
     return MIMFlow(cfg)
 
 
-def load_weights(model: MIMFlow, state: dict, path: str | Path, what: str) -> None:
-    """load_state_dict(strict) with a one-line report of missing, unexpected or mis-shaped weights."""
+def check_weights(model: MIMFlow, state: dict, path: str | Path, what: str) -> None:
+    """Fail with one line if ``state`` has missing, unexpected or mis-shaped weights for ``model``."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in own.keys() & state.keys() if tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if keys:
-                parts.append(f"{len(keys)} {name} (e.g. {keys[0]})")
+    if not isinstance(state, dict):
+        raise MIMFlowError(f"{path}: {what} weights are not a state dict")
+    problems = {
+        "missing": sorted(set(own) - set(state)),
+        "unexpected": sorted(set(state) - set(own)),
+        "wrong shape": sorted(k for k in own.keys() & state.keys()
+                              if not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape),
+    }
+    parts = [f"{len(keys)} {name} (e.g. {keys[0]})" for name, keys in problems.items() if keys]
+    if parts:
         raise MIMFlowError(f"{path}: {what} weights do not match the stored config: " + ", ".join(parts))
-    model.load_state_dict(state)
 
 
 @dataclass
@@ -166,8 +167,11 @@ def load_model(path: str | Path, weights: str = "ema", device: str | torch.devic
     path = Path(path)
     ckpt = load_checkpoint(path)
     model = build_model(ckpt["config"], path)
+    check_weights(model, ckpt["model"], path, "raw")
+    if ckpt.get("ema") is not None:
+        check_weights(model, ckpt["ema"], path, "ema")
     used = "ema" if weights == "ema" and ckpt.get("ema") is not None else "raw"
-    load_weights(model, ckpt["ema"] if used == "ema" else ckpt["model"], path, used)
+    model.load_state_dict(ckpt["ema"] if used == "ema" else ckpt["model"])
     info = CheckpointInfo(path=path, config=model.config, step=int(ckpt["step"]), phase=int(ckpt["phase"]),
                           train=dict(ckpt.get("train") or {}), meta=dict(ckpt.get("meta") or {}), weights=used)
     return model.to(device).eval(), info

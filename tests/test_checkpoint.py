@@ -1,0 +1,114 @@
+"""Checkpoint round trip, the public loader, and every bad-file case (CLI: one line, exit code 2)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mimflow_core.checkpoint import FORMAT, save_checkpoint
+from mimflow_core.errors import MIMFlowError
+from mimflow_core.model import MIMFlow
+from mimflow_lab import load_model
+from tests.conftest import randomise_outputs
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_config):
+    torch.manual_seed(0)
+    model = MIMFlow(tiny_config).eval()
+    randomise_outputs(model.flow)
+    ema = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model, ema_state=ema, step=42, phase=2,
+                    train={"data": "digits", "mask_ratio": "0.4-0.6", "variant": "mimflow"})
+    return path, model
+
+
+def test_round_trip_reproduces_outputs_exactly(saved):
+    path, model = saved
+    loaded, info = load_model(path, weights="raw")
+    assert info.step == 42 and info.phase == 2 and info.weights == "raw" and info.variant == "mimflow"
+    assert info.config == model.config
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = torch.tensor([1, 2])
+    with torch.no_grad():
+        a = model.encode(x, 0.5, torch.Generator().manual_seed(0))
+        b = loaded.encode(x, 0.5, torch.Generator().manual_seed(0))
+        assert torch.equal(a.z, b.z)
+        assert torch.equal(model.flow(a.z, y).eps, loaded.flow(b.z, y).eps)
+        assert torch.equal(model.decode(a.z), loaded.decode(b.z))
+
+
+def test_ema_weights_are_the_default(saved):
+    path, model = saved
+    ema_model, info = load_model(path)
+    assert info.weights == "ema"
+    name = "decoder.head.bias"
+    assert torch.allclose(ema_model.state_dict()[name], model.state_dict()[name] + 0.01)
+    assert not ema_model.training
+
+
+def _write(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_marker",))
+
+
+def bad_files(tmp_path, good):
+    ckpt = torch.load(good, weights_only=True)
+    wrong_shape = dict(ckpt, model={**ckpt["model"], "decoder.head.bias": torch.zeros(3)})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    return {
+        "missing": (tmp_path / "absent.pt", "no such checkpoint file"),
+        "not a checkpoint": (text, "not a PyTorch checkpoint"),
+        "truncated": (truncated, "truncated or corrupt"),
+        "wrong format": (_write(tmp_path / "v9.pt", dict(ckpt, format="mimflow-lab/9")), "unsupported checkpoint format"),
+        "foreign dict": (_write(tmp_path / "sd.pt", ckpt["model"]), "not a mimflow-lab checkpoint"),
+        "mismatched weights": (_write(tmp_path / "shape.pt", wrong_shape), "do not match the stored config"),
+        "bad config": (_write(tmp_path / "cfg.pt", dict(ckpt, config={**ckpt["config"], "patch_size": 5})), "patch_size"),
+        "malicious pickle": (_write(tmp_path / "evil.pt", {"format": FORMAT, "payload": _RunsCode()}), "refused to load"),
+    }
+
+
+def test_every_bad_file_gives_its_error(tmp_path, saved, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for case, (path, message) in bad_files(tmp_path, saved[0]).items():
+        with pytest.raises(MIMFlowError) as err:
+            load_model(path)
+        assert message in str(err.value), case
+        assert str(path) in str(err.value) and "\n" not in str(err.value), case
+    assert not (tmp_path / "pwned_marker").exists()
+
+
+def test_cli_reports_bad_files_in_one_line_with_exit_code_2(tmp_path, saved):
+    cases = bad_files(tmp_path, saved[0])
+    for case in ("truncated", "malicious pickle", "mismatched weights"):
+        path, message = cases[case]
+        run = subprocess.run([sys.executable, "-m", "mimflow_lab.cli", "info", str(path)],
+                             capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 2, (case, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in run.stderr, (case, run.stderr)
+    assert not (tmp_path / "pwned_marker").exists()
+
+
+def test_cli_info_summarises_a_checkpoint(saved):
+    run = subprocess.run([sys.executable, "-m", "mimflow_lab.cli", "info", str(saved[0]), "--json"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    import json
+    summary = json.loads(run.stdout)
+    model = saved[1]
+    assert summary["step"] == 42 and summary["train"]["data"] == "digits"
+    assert summary["parameters"]["flow"] == sum(p.numel() for p in model.flow.parameters())
+    assert summary["config"]["num_tokens"] == model.config.num_tokens
