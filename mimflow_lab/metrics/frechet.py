@@ -1,0 +1,75 @@
+"""Fréchet distance between Gaussians fitted to Inception features (FID, sFID).
+
+FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2).
+
+ADM (and pytorch-fid, clean-fid) take ``scipy.linalg.sqrtm(S1 @ S2)``: a
+complex Schur decomposition of a non-symmetric matrix, slow, and its
+``disp=`` argument is gone in scipy 1.18. Only the trace is needed, and
+tr sqrt(S1 S2) is the sum of square roots of the eigenvalues of S1 S2, which
+are those of the symmetric PSD matrix A^T S2 A for any factor S1 = A A^T.
+So: a Cholesky factor (or, when S1 is rank-deficient, U sqrt(L) over its
+non-zero eigenvalues from ``eigh``), one symmetric eigenvalue problem, all in
+float64; eigenvalues at rounding level count as the zeros they are.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from mimflow_core.errors import MIMFlowError
+
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and ``np.cov(rowvar=False)`` covariance in float64, as ADM computes them."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise MIMFlowError(f"features: need (N >= 2, dim) to fit a Gaussian, got shape {features.shape}")
+    if not np.isfinite(features).all():
+        raise MIMFlowError("features: contain NaN or Inf (broken images or an overflowing network)")
+    if len(features) <= features.shape[1]:
+        warnings.warn(
+            f"only {len(features)} samples for {features.shape[1]}-d features: the covariance is rank-deficient "
+            "and the Fréchet distance is unreliable (ADM uses 50000 samples)",
+            stacklevel=2,
+        )
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _significant(eigenvalues: np.ndarray) -> np.ndarray:
+    """Mask of eigenvalues above the rounding level (numpy's matrix_rank tolerance): the rest are zeros
+    that rounding made +-1e-16 * max, and whose square roots (~1e-8) would bias the trace."""
+    return eigenvalues > eigenvalues.max(initial=0.0) * len(eigenvalues) * np.finfo(np.float64).eps
+
+
+def _psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """A with A A^T = sigma: Cholesky when positive definite, else eigh restricted to the significant range."""
+    try:
+        return np.linalg.cholesky(sigma)
+    except np.linalg.LinAlgError:
+        eigenvalues, eigenvectors = np.linalg.eigh(sigma)
+        keep = _significant(eigenvalues)
+        return eigenvectors[:, keep] * np.sqrt(eigenvalues[keep])
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr sqrt(sigma1 @ sigma2) for symmetric PSD matrices."""
+    a = _psd_factor(sigma1)
+    eigenvalues = np.linalg.eigvalsh(a.T @ sigma2 @ a)
+    return float(np.sqrt(eigenvalues[_significant(eigenvalues)]).sum())
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Squared Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise MIMFlowError(f"statistics: shapes differ (mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
+                           f"{sigma2.shape})")
+    for name, x in (("mu", mu1), ("sigma", sigma1), ("mu", mu2), ("sigma", sigma2)):
+        if not np.isfinite(x).all():
+            raise MIMFlowError(f"statistics: {name} contains NaN or Inf")
+    diff = mu1 - mu2
+    # Symmetrise: np.cov is symmetric only up to rounding, and eigh reads one triangle.
+    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2))

@@ -1,0 +1,163 @@
+"""ADM-format npz files: stream image arrays in, write them out, validate both.
+
+A reference or sample batch holds ``arr_0`` (uint8, N x H x W x 3, 0..255)
+and optionally labels ``arr_1`` and precomputed statistics ``mu``, ``sigma``
+(pool_3, 2048) and ``mu_s``, ``sigma_s`` (spatial, 2023). A 50k x 256^2
+batch is 9.8 GB, so ``arr_0`` is read a batch of rows at a time straight from
+the zip member (stored or deflated, as ``np.savez``/``savez_compressed``
+write it) and written the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from mimflow_core.atomic import atomic_open
+from mimflow_core.errors import MIMFlowError
+
+from .inception import POOL_DIM, SPATIAL_DIM
+
+STATS_SHAPES = {"mu": (POOL_DIM,), "sigma": (POOL_DIM, POOL_DIM), "mu_s": (SPATIAL_DIM,),
+                "sigma_s": (SPATIAL_DIM, SPATIAL_DIM)}
+
+
+class NpzArrayReader:
+    """One array of an npz file, read in row batches without loading it whole."""
+
+    def __init__(self, path: str | os.PathLike, name: str = "arr_0"):
+        self.path, self.name = Path(path), name
+        if not self.path.is_file():
+            raise MIMFlowError(f"{self.path}: no such file")
+        if not zipfile.is_zipfile(self.path):
+            raise MIMFlowError(f"{self.path}: not an npz file (expected np.savez output with arr_0)")
+        self._zip = zipfile.ZipFile(self.path)
+        member = f"{name}.npy"
+        if member not in self._zip.namelist():
+            keys = sorted(n.removesuffix(".npy") for n in self._zip.namelist())
+            self.close()
+            raise MIMFlowError(f"{self.path}: no '{name}' array (has {keys}); ADM batches store images as arr_0")
+        self._file = self._zip.open(member)
+        version = np.lib.format.read_magic(self._file)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            self.close()
+            raise MIMFlowError(f"{self.path}: {name} uses .npy format {version}, which cannot be streamed")
+        self.shape, fortran_order, self.dtype = read_header[version](self._file)
+        if fortran_order or self.dtype.hasobject:
+            self.close()
+            raise MIMFlowError(f"{self.path}: {name} is Fortran-ordered or holds objects; save it with np.savez")
+        self._rows_read = 0
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.shape else 0
+
+    def read(self, rows: int) -> np.ndarray:
+        """The next ``rows`` rows (fewer at the end; empty when exhausted)."""
+        rows = min(rows, len(self) - self._rows_read)
+        row_shape = self.shape[1:]
+        batch = np.empty((rows, *row_shape), dtype=self.dtype)
+        if self._file.readinto(memoryview(batch).cast("B")) != batch.nbytes:
+            raise MIMFlowError(f"{self.path}: {self.name} is truncated at row {self._rows_read}")
+        self._rows_read += rows
+        return batch
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        while self._rows_read < len(self):
+            yield self.read(batch_size)
+
+    def close(self) -> None:
+        with contextlib.suppress(AttributeError):
+            self._file.close()
+        self._zip.close()
+
+    def __enter__(self) -> "NpzArrayReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_images(path: str | os.PathLike) -> NpzArrayReader:
+    """Open ``arr_0`` and check it is an ADM image batch: uint8 N x H x W x 3 with values over 0..255."""
+    reader = NpzArrayReader(path, "arr_0")
+    problem = None
+    if reader.dtype != np.uint8:
+        problem = f"arr_0 has dtype {reader.dtype}; ADM batches are uint8 in 0..255"
+        if reader.dtype.kind == "f" and len(reader):
+            head = reader.read(min(len(reader), 64))
+            problem += f" (values here span [{head.min():.3g}, {head.max():.3g}]; convert with " \
+                       "np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8) for [-1, 1] images)"
+    elif len(reader.shape) != 4 or reader.shape[-1] != 3:
+        problem = f"arr_0 has shape {reader.shape}; expected N x H x W x 3 (NHWC, RGB)"
+    elif len(reader) == 0:
+        problem = "arr_0 holds no images"
+    if problem is None:
+        head = NpzArrayReader(path, "arr_0")  # a second handle, so the first keeps its position
+        with head:
+            peak = head.read(min(len(head), 256)).max()
+        if peak <= 1:
+            problem = f"arr_0 values never exceed {peak}; images look scaled to [0, 1] instead of 0..255"
+    if problem is not None:
+        reader.close()
+        raise MIMFlowError(f"{reader.path}: {problem}")
+    return reader
+
+
+def read_array(path: str | os.PathLike, name: str) -> np.ndarray | None:
+    """A small array (labels, statistics) from an npz, or None when absent."""
+    with np.load(path, allow_pickle=False) as npz:
+        return npz[name] if name in npz.files else None
+
+
+def read_reference_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The precomputed ``mu``/``sigma``/``mu_s``/``sigma_s`` present in a reference batch, validated."""
+    stats = {}
+    for name, shape in STATS_SHAPES.items():
+        value = read_array(path, name)
+        if value is None:
+            continue
+        if value.shape != shape:
+            raise MIMFlowError(f"{path}: {name} has shape {value.shape}, expected {shape}")
+        if not np.isfinite(value).all():
+            raise MIMFlowError(f"{path}: {name} contains NaN or Inf")
+        stats[name] = value.astype(np.float64)
+    return stats
+
+
+def write_npz(
+    path: str | os.PathLike,
+    arrays: dict[str, np.ndarray] | Callable[[], dict[str, np.ndarray]],
+    streamed: dict[str, tuple[tuple[int, ...], np.dtype, Iterable[np.ndarray]]] | None = None,
+) -> None:
+    """Write an npz atomically; ``streamed`` arrays arrive as (shape, dtype, row batches) and never sit in memory.
+
+    ``arrays`` may be a function, called after the streams are written: for
+    values computed from what was streamed (statistics of the images).
+    """
+    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, (shape, dtype, batches) in (streamed or {}).items():
+            _write_streamed(z, name, shape, np.dtype(dtype), batches)
+        for name, array in (arrays() if callable(arrays) else arrays).items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+
+
+def _write_streamed(z: zipfile.ZipFile, name: str, shape: tuple[int, ...], dtype: np.dtype,
+                    batches: Iterable[np.ndarray]) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    rows = 0
+    with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array_header_1_0(member, header)
+        for batch in batches:
+            batch = np.ascontiguousarray(batch, dtype=dtype)
+            if batch.shape[1:] != tuple(shape[1:]):
+                raise MIMFlowError(f"{name}: batch of shape {batch.shape} does not fit {shape}")
+            member.write(batch.tobytes())
+            rows += len(batch)
+    if rows != shape[0]:
+        raise MIMFlowError(f"{name}: wrote {rows} rows, expected {shape[0]}")

@@ -1,0 +1,73 @@
+"""The ADM evaluation suite on precomputed features: IS, FID, sFID, precision, recall.
+
+Reference statistics stored in the reference batch (``mu``, ``sigma``,
+``mu_s``, ``sigma_s``) are used when present, as ADM does; otherwise they are
+fitted to the reference features. IS needs the Inception's classifier; without
+it the score is reported as unavailable, with the reason, never estimated.
+"""
+from __future__ import annotations
+
+import torch
+
+from .features import Features, npz_features
+from .frechet import frechet_distance, gaussian_stats
+from .inception import TORCH_FIDELITY_WEIGHTS, FIDInception, WeightsSource
+from .inception_score import inception_score
+from .npz import read_reference_stats
+from .precision_recall import precision_recall
+
+
+def adm_metrics(
+    reference: Features,
+    samples: Features,
+    weights: WeightsSource,
+    reference_stats: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """All five ADM metrics plus their provenance, as a JSON-ready dict."""
+    stats = reference_stats or {}
+    mu, sigma = (stats["mu"], stats["sigma"]) if "sigma" in stats else gaussian_stats(reference.pool)
+    mu_s, sigma_s = (stats["mu_s"], stats["sigma_s"]) if "sigma_s" in stats else gaussian_stats(reference.spatial)
+    precision, recall = precision_recall(reference.pool, samples.pool, device=device)
+    result = {
+        "inception_score": None if samples.logits is None else inception_score(samples.logits),
+        "fid": frechet_distance(*gaussian_stats(samples.pool), mu, sigma),
+        "sfid": frechet_distance(*gaussian_stats(samples.spatial), mu_s, sigma_s),
+        "precision": precision,
+        "recall": recall,
+        "num_samples": len(samples),
+        "num_reference": len(reference),
+        "reference_stats": "from the reference file" if "sigma" in stats else "fitted to its images",
+        "inception_weights": weights.describe(),
+    }
+    if samples.logits is None:
+        result["inception_score_unavailable"] = (
+            f"{weights.path} has no 1008-way classifier; pass --inception {TORCH_FIDELITY_WEIGHTS} "
+            "(torch-fidelity's weights) to get IS"
+        )
+    return result
+
+
+def report_lines(metrics: dict) -> list[str]:
+    """The lines ADM's evaluator.py prints, in its order."""
+    score = metrics["inception_score"]
+    is_text = score if score is not None else f"unavailable ({metrics['inception_score_unavailable']})"
+    return [
+        f"Inception Score: {is_text}",
+        f"FID: {metrics['fid']}",
+        f"sFID: {metrics['sfid']}",
+        f"Precision: {metrics['precision']}",
+        f"Recall: {metrics['recall']}",
+    ]
+
+
+def evaluate_npz(
+    reference_path, samples_path, inception: FIDInception, weights: WeightsSource, batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """ADM's evaluator.py: metrics of a sample batch against a reference batch, both ADM npz files."""
+    reference_stats = read_reference_stats(reference_path)
+    reference = npz_features(inception, reference_path, batch_size, desc="reference")
+    samples = npz_features(inception, samples_path, batch_size, desc="samples")
+    result = adm_metrics(reference, samples, weights, reference_stats, device)
+    return {"reference": str(reference_path), "samples": str(samples_path), **result}
