@@ -6,7 +6,7 @@ step keeps for backward (bytes of tensors saved by autograd; on CUDA also the
 allocator's peak), and the time of reverse sampling (token by token with a KV
 cache). Prints each as a ratio to K = 128 beside the paper's H20 figures.
 
-    python benchmarks/flow_tokens.py            # CPU-sized flow
+    python benchmarks/flow_tokens.py --json results/tab10/tokens.json   # CPU-sized flow
     python benchmarks/flow_tokens.py --preset L --device cuda --batch 32
 """
 from __future__ import annotations
@@ -16,11 +16,12 @@ import time
 
 import torch
 
+from mimflow_core.atomic import write_json
 from mimflow_core.config import get_preset
 from mimflow_core.flow import LatentFlow
 from mimflow_core.model import MIMFlow
+from mimflow_lab.tables import PAPER_TAB10 as PAPER  # Table 10: train ms/iter, s/sample
 
-PAPER = {128: (183.0, 1.60), 256: (352.0, 3.64), 1024: (1515.0, 25.3)}  # Table 10: train ms/iter, s/sample
 
 
 def saved_activation_bytes(fn) -> int:
@@ -84,6 +85,7 @@ def main() -> None:
     ap.add_argument("--sample-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--latent-dim", type=int, default=64, help="D per token, fixed across K (paper: 64)")
+    ap.add_argument("--json", help="also write the measurements here (Table 10's result file)")
     args = ap.parse_args()
     overrides = {"latent_dim": args.latent_dim}
     if args.preset == "tiny":
@@ -96,6 +98,10 @@ def main() -> None:
         print(f"K={K:4d}: train step {r['step_s'] * 1e3:8.1f} ms  activations {r['activation_bytes'] / 2**20:8.1f} MiB"
               + (f"  cuda peak {r['cuda_peak'] / 2**20:8.1f} MiB" if r["cuda_peak"] else "")
               + f"  sampling {r['sample_s'] * 1e3:8.1f} ms/sample", flush=True)
+    if args.json:
+        rows = [{"K": K, **r} for K, r in results.items()]
+        write_json(args.json, {"rows": rows, "preset": args.preset, "batch": args.batch, "device": args.device,
+                               "latent_dim": args.latent_dim, "paper_table10": PAPER})
     base = results[128]
     print(f"\nratios to K=128 ({args.preset} flow, batch {args.batch}, {args.device}):")
     print(f"{'K':>5} {'train':>8} {'memory':>8} {'sample':>8}   paper Table 10 (train / sample)")
