@@ -1,0 +1,333 @@
+"""Features of a MIMFlow checkpoint at every depth, from one forward pass per mask ratio.
+
+Depth names (the x-axis of Fig. 6):
+
+- ``encoder``: the encoder's K output tokens *before* the projection to D
+  (Table 5a's "Acc." is a linear probe on these, mean-pooled over K);
+- ``latent``: the latent z (B, K, D) itself (clean, without the sigma noise);
+- ``0`` .. ``B-1``: the output of flow block i, in the original token order
+  (``LatentFlow.forward(z, y).block_outputs``);
+- ``B-1.l`` (with ``layers=True``): the hidden state after transformer layer l
+  of the deep block (width ``flow_width``, before the final norm), put back
+  into the original token order.
+
+Every tensor (B, K, C) is pooled to one vector per image: ``mean`` over the K
+tokens (default) or ``flat`` (K*C, token order kept).
+
+The flow is run with label y = -1 (unconditional). The deep block is class
+conditioned: with the true label its outputs would carry the label through
+the class embedding, and a linear probe would read the answer back instead
+of measuring what the latent encodes.
+
+Masking draws from a CPU generator seeded by (seed, mask ratio, shard index),
+so a feature depends neither on the device nor on how the work is split
+across processes or resumed. Features are cached as NPZ shards under
+``<cache>/<checkpoint sha256>-<settings hash>/``, written atomically; a rerun
+skips finished shards, and under ``torchrun`` rank r computes shards r,
+r + W, ... while rank 0 merges them.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mimflow_core.atomic import atomic_open, write_json
+from mimflow_core.config import ModelConfig
+from mimflow_core.errors import MIMFlowError
+
+if TYPE_CHECKING:
+    from mimflow_core.checkpoint import CheckpointInfo
+
+POOLS = ("mean", "flat")
+DEFAULT_CACHE = Path(os.environ.get("MIMFLOW_CACHE", "~/.cache/mimflow-lab")).expanduser() / "features"
+CACHE_VERSION = 1
+
+
+# ---------------------------------------------------------------------------- depth names
+def depth_names(config: ModelConfig, layers: bool = False) -> list[str]:
+    """Every depth of a model in forward order; deep-block layers sit between the last two blocks."""
+    blocks = [str(i) for i in range(len(config.flow_blocks))]
+    deep = len(blocks) - 1
+    inner = [f"{deep}.{l}" for l in range(config.flow_blocks[-1])] if layers else []
+    return ["encoder", "latent", *blocks[:-1], *inner, blocks[-1]]
+
+
+def parse_depths(spec: str | Sequence[str], config: ModelConfig, layers: bool = False) -> list[str]:
+    """Turn ``"all"`` or ``"encoder,latent,0,3"`` into depth names, refusing unknown ones.
+
+    ``all`` means encoder, latent and every block (and every deep-block layer
+    when ``layers``); ``block:N`` is accepted as an alias of ``N``.
+    """
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not items:
+        raise MIMFlowError("--depths: empty; use 'all' or names like encoder,latent,0")
+    valid = depth_names(config, layers=True)
+    names: list[str] = []
+    for item in items:
+        expanded = depth_names(config, layers) if item == "all" else [item.removeprefix("block:")]
+        for name in expanded:
+            if name not in valid:
+                raise MIMFlowError(f"--depths: unknown depth {item!r}; valid: all, {', '.join(valid)}")
+            if name not in names:
+                names.append(name)
+    order = {n: i for i, n in enumerate(valid)}
+    return sorted(names, key=order.__getitem__)
+
+
+def needs_layers(names: Sequence[str]) -> bool:
+    return any("." in n for n in names)
+
+
+# ---------------------------------------------------------------------------- one batch
+@contextlib.contextmanager
+def capture_layer_outputs(block: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record the output of every transformer layer of a flow block (forward hooks, removed on exit)."""
+    outputs: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+             for layer in block.transformer.layers]
+    try:
+        yield outputs
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def pool_tokens(x: torch.Tensor, pool: str) -> torch.Tensor:
+    """(B, K, C) -> (B, C) mean over tokens, or (B, K*C) flattened."""
+    return x.mean(1) if pool == "mean" else x.flatten(1)
+
+
+@torch.no_grad()
+def extract_batch(model: nn.Module, images: torch.Tensor, mask_ratio: float, *, pool: str = "mean",
+                  layers: bool = False, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Pooled features at every depth for one batch: one encoder pass and one flow pass."""
+    enc = model.encode(images, mask_ratio=mask_ratio, generator=generator)
+    unconditional = torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
+    deep = model.flow.blocks[-1]
+    with capture_layer_outputs(deep) if layers else contextlib.nullcontext([]) as hidden:
+        flow = model.flow(enc.z, unconditional)
+    feats = {"encoder": enc.features, "latent": enc.z}
+    feats.update({str(i): out for i, out in enumerate(flow.block_outputs)})
+    last = len(flow.block_outputs) - 1
+    feats.update({f"{last}.{l}": deep.permute(h) for l, h in enumerate(hidden)})
+    return {name: pool_tokens(x, pool).float() for name, x in feats.items()}
+
+
+# ---------------------------------------------------------------------------- settings and cache
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Everything a cached feature depends on besides the checkpoint's bytes."""
+
+    data: str = "digits"
+    split: str = "train"
+    mask_ratio: float = 0.0
+    pool: str = "mean"
+    layers: bool = False
+    seed: int = 0
+    shard_size: int = 256         # images per shard = per forward pass; fixes the masking RNG stream
+    max_samples: int | None = None  # class-balanced subset (seeded) instead of the whole split
+    classes: int | None = None      # keep only the first N classes
+    weights: str = "ema"
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise MIMFlowError(f"--pool: {self.pool!r} is not one of {', '.join(POOLS)}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise MIMFlowError(f"--mask-ratio: {self.mask_ratio} must lie in [0, 1)")
+        if self.shard_size < 1:
+            raise MIMFlowError(f"shard size: {self.shard_size} must be >= 1")
+
+    def key(self) -> str:
+        data = self.data if self.data == "digits" else str(Path(self.data).expanduser().resolve())
+        blob = json.dumps({**asdict(self), "data": data, "version": CACHE_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_dir(root: str | os.PathLike, checkpoint_sha256: str, settings: FeatureSettings) -> Path:
+    return Path(root).expanduser() / f"{checkpoint_sha256[:16]}-{settings.key()}"
+
+
+def select_indices(labels: np.ndarray, max_samples: int | None, classes: int | None, seed: int) -> np.ndarray:
+    """Indices into a split: the first ``classes`` classes, then a class-balanced subset of ``max_samples``.
+
+    Balanced = ``max_samples // C`` per class (fewer where a class has fewer),
+    drawn with ``seed``; the result is sorted, so it is a fixed list.
+    """
+    keep = np.flatnonzero(labels < classes) if classes else np.arange(len(labels))
+    if max_samples is None or max_samples >= keep.size:
+        return keep
+    present = np.unique(labels[keep])
+    per_class = max_samples // present.size
+    if per_class < 1:
+        raise MIMFlowError(f"--samples: {max_samples} is fewer than the {present.size} classes")
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(keep[labels[keep] == c])[:per_class] for c in present]
+    return np.sort(np.concatenate(chosen))
+
+
+def shard_slices(n: int, shard_size: int) -> list[slice]:
+    return [slice(i, min(i + shard_size, n)) for i in range(0, n, shard_size)]
+
+
+def my_shards(num_shards: int, rank: int, world: int) -> list[int]:
+    """Shards computed by ``rank`` of ``world`` processes: rank, rank + world, ..."""
+    return list(range(rank, num_shards, world))
+
+
+def _shard_generator(seed: int, mask_ratio: float, shard: int) -> torch.Generator:
+    words = [seed, round(mask_ratio * 1_000_000), shard]
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(words).generate_state(1)[0]))
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        return None  # unreadable: recompute it
+
+
+# ---------------------------------------------------------------------------- distributed
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist_info()[1] > 1:
+        torch.distributed.barrier()
+
+
+# ---------------------------------------------------------------------------- inputs
+def native_image_size(spec: str) -> int | None:
+    """Side of the images stored in an ADM ``.npz`` (read from the header only), else None.
+
+    Digits are upscaled and image folders centre-cropped to any size, so only
+    an npz has a resolution of its own.
+    """
+    path = Path(spec).expanduser()
+    if spec == "digits" or path.suffix != ".npz" or not path.is_file():
+        return None
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("arr_0.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape = read_header(f)[0]
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return None  # load_dataset reports what is wrong with the file
+    return int(shape[1]) if len(shape) == 4 and shape[1] == shape[2] else None
+
+
+def load_checkpoints(paths: Sequence[str | os.PathLike], data: str, *, weights: str = "ema",
+                     device: str | torch.device = "cpu") -> list[tuple[nn.Module, "CheckpointInfo"]]:
+    """Load every checkpoint, refusing (before any feature work) image sizes that differ.
+
+    All checkpoints must share one image size and channel count, and it must
+    match the data's own resolution where the data has one (an npz).
+    """
+    from mimflow_lab import load_model
+
+    if not paths:
+        raise MIMFlowError("checkpoint: give at least one checkpoint file")
+    loaded = [load_model(p, weights=weights, device=device) for p in paths]
+    first = loaded[0][1]
+    for _, info in loaded[1:]:
+        if (info.config.image_size, info.config.channels) != (first.config.image_size, first.config.channels):
+            raise MIMFlowError(f"{info.path}: trained on {info.config.image_size} px x {info.config.channels} "
+                               f"channels, but {first.path} on {first.config.image_size} px x "
+                               f"{first.config.channels}; compare checkpoints of one image size")
+    size = native_image_size(data)
+    if size is not None and size != first.config.image_size:
+        raise MIMFlowError(f"{first.path}: trained on {first.config.image_size} px images, "
+                           f"but {data} holds {size} px images")
+    return loaded
+
+
+# ---------------------------------------------------------------------------- the pass
+def extract_features(model: nn.Module, dataset, checkpoint_sha256: str, settings: FeatureSettings, *,
+                     cache: str | os.PathLike | None = DEFAULT_CACHE, device: str | torch.device = "cpu",
+                     num_workers: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+    """Features at every depth of ``dataset`` (the split named in ``settings``), cached and resumable.
+
+    Returns ``{depth name: (n, dim) float32, "labels": (n,), "indices": (n,)}``
+    where ``indices`` index the dataset. With ``cache=None`` nothing is
+    written (used by tests and by the naive benchmark baseline). Under an
+    initialised process group every rank must call this; all get the result.
+    """
+    indices = select_indices(np.asarray(dataset.labels), settings.max_samples, settings.classes, settings.seed)
+    slices = shard_slices(indices.size, settings.shard_size)
+    folder = None if cache is None else cache_dir(cache, checkpoint_sha256, settings)
+    merged = None if folder is None else folder / "features.npz"
+    if merged is not None and (done := _load_npz(merged)) is not None:
+        return done
+    rank, world = dist_info()
+    todo = [s for s in my_shards(len(slices), rank, world)
+            if folder is None or _load_npz(folder / f"shard_{s:06d}.npz") is None]
+    results: dict[int, dict[str, np.ndarray]] = {}
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    for shard, (images, labels) in zip(todo, tqdm(_batches(dataset, indices, slices, todo, num_workers),
+                                                  total=len(todo), disable=not progress, leave=False,
+                                                  desc=f"features {settings.split} r={settings.mask_ratio}")):
+        gen = _shard_generator(settings.seed, settings.mask_ratio, shard)
+        feats = extract_batch(model, images.to(device), settings.mask_ratio, pool=settings.pool,
+                              layers=settings.layers, generator=gen)
+        arrays = {k: v.cpu().numpy() for k, v in feats.items()}
+        arrays |= {"labels": labels.numpy().astype(np.int64), "indices": indices[slices[shard]]}
+        if folder is None:
+            results[shard] = arrays
+        else:
+            _save_npz(folder / f"shard_{shard:06d}.npz", arrays)
+    if folder is None:
+        if world > 1:
+            raise MIMFlowError("features: distributed extraction needs a cache directory to exchange shards")
+        return _concat([results[s] for s in range(len(slices))])
+    _barrier()
+    if rank == 0:
+        shards = [_load_npz(folder / f"shard_{s:06d}.npz") for s in range(len(slices))]
+        if any(s is None for s in shards):
+            raise MIMFlowError(f"{folder}: a feature shard is missing after extraction")
+        out = _concat(shards)
+        _save_npz(merged, out)
+        write_json(folder / "settings.json", {**asdict(settings), "checkpoint_sha256": checkpoint_sha256,
+                                              "num_samples": int(indices.size), "num_shards": len(slices)})
+        for s in range(len(slices)):
+            (folder / f"shard_{s:06d}.npz").unlink()
+    _barrier()
+    return _load_npz(merged)
+
+
+def _batches(dataset, indices: np.ndarray, slices: list[slice], todo: list[int], num_workers: int):
+    """One (images, labels) batch per shard in ``todo``, loaded with a DataLoader."""
+    from torch.utils.data import DataLoader, Subset
+
+    order = np.concatenate([indices[slices[s]] for s in todo]) if todo else np.zeros(0, np.int64)
+    sizes = [slices[s].stop - slices[s].start for s in todo]
+    # Only the globally last shard can be short, and it is last in `todo` too,
+    # so fixed-size batches line up with shards.
+    loader = DataLoader(Subset(dataset, order.tolist()), batch_size=max(sizes, default=1), shuffle=False,
+                        num_workers=num_workers)
+    return iter(loader)
+
+
+def _concat(shards: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
