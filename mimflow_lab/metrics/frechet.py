@@ -7,15 +7,16 @@ complex Schur decomposition of a non-symmetric matrix, slow, and its
 ``disp=`` argument is gone in scipy 1.18. Only the trace is needed, and
 tr sqrt(S1 S2) is the sum of square roots of the eigenvalues of S1 S2, which
 are those of the symmetric PSD matrix A^T S2 A for any factor S1 = A A^T.
-So: a Cholesky factor (or, when S1 is rank-deficient, U sqrt(L) over its
-non-zero eigenvalues from ``eigh``), one symmetric eigenvalue problem, all in
-float64; eigenvalues at rounding level count as the zeros they are.
+So: pivoted Cholesky factors (rank-revealing, so few samples give a small
+factor), one symmetric eigenvalue problem of the lower rank, all in float64;
+eigenvalues at rounding level count as the zeros they are.
 """
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+from scipy.linalg import lapack
 
 from mimflow_core.errors import MIMFlowError
 
@@ -36,27 +37,28 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def _significant(eigenvalues: np.ndarray) -> np.ndarray:
-    """Mask of eigenvalues above the rounding level (numpy's matrix_rank tolerance): the rest are zeros
-    that rounding made +-1e-16 * max, and whose square roots (~1e-8) would bias the trace."""
-    return eigenvalues > eigenvalues.max(initial=0.0) * len(eigenvalues) * np.finfo(np.float64).eps
+def psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """F (d x r) with F F^T = sigma, r = numerical rank, by pivoted Cholesky (LAPACK ``pstrf``).
 
-
-def _psd_factor(sigma: np.ndarray) -> np.ndarray:
-    """A with A A^T = sigma: Cholesky when positive definite, else eigh restricted to the significant range."""
-    try:
-        return np.linalg.cholesky(sigma)
-    except np.linalg.LinAlgError:
-        eigenvalues, eigenvectors = np.linalg.eigh(sigma)
-        keep = _significant(eigenvalues)
-        return eigenvectors[:, keep] * np.sqrt(eigenvalues[keep])
+    Costs d^2 r: cheap for the rank-deficient covariances of few samples,
+    a plain Cholesky at full rank. Rank tolerance: LAPACK's d * eps * max(diag).
+    """
+    factor, pivots, rank, info = lapack.dpstrf(sigma, lower=1)
+    if info < 0:
+        raise ValueError(f"dpstrf: illegal argument {-info}")
+    permuted = np.empty((len(sigma), rank))
+    permuted[pivots - 1] = np.tril(factor)[:, :rank]
+    return permuted
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr sqrt(sigma1 @ sigma2) for symmetric PSD matrices."""
-    a = _psd_factor(sigma1)
-    eigenvalues = np.linalg.eigvalsh(a.T @ sigma2 @ a)
-    return float(np.sqrt(eigenvalues[_significant(eigenvalues)]).sum())
+    """tr sqrt(sigma1 @ sigma2) for symmetric PSD matrices: through the factor of lower rank."""
+    f1, f2 = psd_factor(sigma1), psd_factor(sigma2)
+    f, other = (f1, sigma2) if f1.shape[1] <= f2.shape[1] else (f2, sigma1)
+    eigenvalues = np.linalg.eigvalsh(f.T @ other @ f)
+    # Zero eigenvalues come out as +-1e-16 * max; their square roots (~1e-8) would bias the sum.
+    significant = eigenvalues > eigenvalues.max(initial=0.0) * len(eigenvalues) * np.finfo(np.float64).eps
+    return float(np.sqrt(eigenvalues[significant]).sum())
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

@@ -1,0 +1,118 @@
+"""``mimflow-lab evaluate`` and ``ref-stats`` on real images and real Inception weights, and their bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mimflow_lab.cli import main
+from tests.test_metrics import brute_force_precision_recall, numpy_inception_score
+from tests.test_metrics_inception import foolbox_images, torchscript_or_skip, write_pth_with_classifier
+
+N_REF, N_SAMPLES = 8, 6
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    """A reference batch (CIFAR-10) and a sample batch (CIFAR-100), written as ADM writes them: np.savez with labels."""
+    torchscript_or_skip()
+    root = tmp_path_factory.mktemp("batches")
+    np.savez(root / "ref.npz", foolbox_images("cifar10", N_REF), np.arange(N_REF) % 10)
+    np.savez(root / "samples.npz", foolbox_images("cifar100", N_SAMPLES), np.arange(N_SAMPLES))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pth_metrics(batches, tmp_path_factory):
+    """``evaluate`` with a .pth (classifier included): the metrics and the printed lines."""
+    pth = write_pth_with_classifier(tmp_path_factory.mktemp("weights") / "inception.pth")
+    out = batches / "metrics_pth.json"
+    lines = run_cli(["evaluate", str(batches / "ref.npz"), str(batches / "samples.npz"), "--inception", str(pth),
+                     "--batch", "4", "--out", str(out)])
+    return json.loads(out.read_text()), lines, pth
+
+
+def run_cli(argv: list[str]) -> list[str]:
+    """Run the CLI in-process; its stdout lines."""
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        main(argv)
+    return stdout.getvalue().splitlines()
+
+
+def exact_frechet(x1: np.ndarray, x2: np.ndarray) -> float:
+    """FID from raw features, exact at any rank: tr sqrt(S1 S2) = nuclear norm of X1c X2c^T / sqrt((n1-1)(n2-1))."""
+    x1, x2 = x1.astype(np.float64), x2.astype(np.float64)
+    c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
+    trace_sqrt = np.linalg.svd(c1 @ c2.T, compute_uv=False).sum() / np.sqrt((len(x1) - 1) * (len(x2) - 1))
+    diff = x1.mean(0) - x2.mean(0)
+    return float(diff @ diff + (c1 * c1).sum() / (len(x1) - 1) + (c2 * c2).sum() / (len(x2) - 1) - 2 * trace_sqrt)
+
+
+def test_evaluate_equals_torch_fidelity_features_with_exact_metrics(batches, pth_metrics):
+    """IS, FID, precision, recall == independent math on torch-fidelity's own features of the same files."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    metrics, lines, pth = pth_metrics
+    extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                            feature_extractor_weights_path=str(pth))
+    features = {}
+    for name in ("ref", "samples"):
+        with np.load(batches / f"{name}.npz") as data, torch.no_grad():
+            features[name] = [t.double().numpy() for t in extractor(torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2))]
+    (ref_pool, _), (pool, logits) = features["ref"], features["samples"]
+    assert metrics["fid"] == pytest.approx(exact_frechet(pool, ref_pool), rel=1e-6)
+    assert metrics["inception_score"] == pytest.approx(numpy_inception_score(logits), rel=1e-5)
+    precision, recall = brute_force_precision_recall(ref_pool, pool)
+    assert (metrics["precision"], metrics["recall"]) == (precision, recall)
+    assert metrics["sfid"] > 0 and metrics["num_samples"] == N_SAMPLES and metrics["num_reference"] == N_REF
+    assert [line.split(":")[0] for line in lines] == ["Computing evaluations...", "Inception Score", "FID", "sFID",
+                                                      "Precision", "Recall"]
+    assert lines[2] == f"FID: {metrics['fid']}"
+
+
+def test_ref_stats_then_evaluate_without_classifier(batches, pth_metrics, tmp_path, capsys):
+    """ref-stats stores ADM's keys; evaluate uses them; the TorchScript gives the same FID and no invented IS."""
+    run_cli(["ref-stats", str(batches / "ref.npz"), "--out", str(tmp_path / "ref_stats.npz"), "--batch", "4"])
+    with np.load(tmp_path / "ref_stats.npz") as made, np.load(batches / "ref.npz") as source:
+        np.testing.assert_array_equal(made["arr_0"], source["arr_0"])
+        np.testing.assert_array_equal(made["arr_1"], source["arr_1"])
+        assert made["mu"].shape == (2048,) and made["sigma_s"].shape == (2023, 2023)
+    run_cli(["evaluate", str(tmp_path / "ref_stats.npz"), str(batches / "samples.npz"), "--out",
+             str(tmp_path / "m.json")])
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["inception_score"] is None and "no 1008-way classifier" in metrics["inception_score_unavailable"]
+    assert metrics["reference_stats"] == "from the reference file"
+    for key in ("fid", "sfid", "precision", "recall"):  # same trunk, stored vs fitted statistics
+        assert metrics[key] == pytest.approx(pth_metrics[0][key], rel=1e-6), key
+    assert "unreliable" in capsys.readouterr().err  # 6 samples for 2048 dimensions
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"images": np.zeros((4, 8, 8, 3), np.uint8)}, "no 'arr_0' array"),
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.float32)}, "dtype float32"),
+    ({"arr_0": np.zeros((4, 3, 8, 8), np.uint8) + 9}, "expected N x H x W x 3"),
+    ({"arr_0": np.ones((4, 8, 8, 3), np.uint8)}, "scaled to \\[0, 1\\]"),
+])
+def test_bad_batches_exit_2_with_one_line(tmp_path, capsys, content, message):
+    np.savez(tmp_path / "good.npz", np.full((4, 8, 8, 3), 200, np.uint8))
+    np.savez(tmp_path / "bad.npz", **content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tmp_path / "good.npz"), str(tmp_path / "bad.npz")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 0 and "bad.npz" in err
+    assert __import__("re").search(message, err)
+
+
+def test_missing_weights_file_exits_2(tmp_path, capsys):
+    np.savez(tmp_path / "good.npz", np.full((4, 8, 8, 3), 200, np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tmp_path / "good.npz"), str(tmp_path / "good.npz"), "--inception",
+              str(tmp_path / "missing.pth")])
+    assert exit_info.value.code == 2 and "--inception" in capsys.readouterr().err
