@@ -15,6 +15,9 @@ import click
 # name -> "module:attribute" of a click command
 COMMANDS: dict[str, str] = {
     "info": "mimflow_lab.commands.info:info",
+    "evaluate": "mimflow_lab.commands.evaluate:evaluate",
+    "fid": "mimflow_lab.commands.fid:fid",
+    "ref-stats": "mimflow_lab.commands.ref_stats:ref_stats",
 }
 
 
