@@ -1,0 +1,273 @@
+"""Figure 5's protocol: latents → per-sample σmax, σmin, κ, certificates → ``jacobian.json``.
+
+Latents come from a dataset (each model's own encoder, no masking), from the
+model itself (z = f⁻¹(ε), ε ~ N(0, I)), or from a ``latents.npz`` written by
+an earlier run, so anyone can re-analyse exactly the same points. Samples
+run in batches (the Jacobian over a batch is block-diagonal); finished
+batches are kept in ``jacobian.partial.json`` so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from mimflow_core.atomic import atomic_write, write_json
+from mimflow_core.errors import MIMFlowError
+
+from .certificates import certify
+from .estimators import METHODS, estimate
+from .operators import FlowJacobian
+
+EXACT_MAX_DIM = 8192
+
+
+@dataclass
+class Settings:
+    """Everything that determines the numbers in ``jacobian.json``."""
+
+    method: str = "fast"
+    samples: int = 256
+    batch: int = 32
+    blocks: int | None = None  # analyse the first N flow blocks only
+    source: str = "data"  # "data" | "samples" | "file"
+    data: str = "digits"
+    unconditional: bool = False
+    seed: int = 0
+    tol: float = 1e-6
+    max_products: int = 20000  # per sample, paper route only
+
+
+def check_settings(s: Settings) -> None:
+    if s.method not in METHODS:
+        raise MIMFlowError(f"--method: unknown method {s.method!r}; choose one of {', '.join(METHODS)}")
+    if s.samples < 1 or s.batch < 1:
+        raise MIMFlowError("--samples and --batch must be positive")
+    if s.source not in ("data", "samples", "file"):
+        raise MIMFlowError(f"--source: unknown source {s.source!r}; choose data or samples")
+
+
+def prepare_flow(model, blocks: int | None, ckpt: str | os.PathLike):
+    """The model's flow in float64, eval mode, without parameter gradients; checks ``--blocks``."""
+    flow = getattr(model, "flow", None)
+    if flow is None or len(getattr(flow, "blocks", ())) == 0:
+        raise MIMFlowError(f"{ckpt}: checkpoint has no latent flow to analyse")
+    if blocks is not None and not 1 <= blocks <= len(flow.blocks):
+        raise MIMFlowError(f"--blocks {blocks}: the flow of {ckpt} has {len(flow.blocks)} blocks")
+    return flow.double().eval().requires_grad_(False)
+
+
+def check_latents(z: Tensor, y: Tensor, model, where: str) -> None:
+    """Shape, finiteness and label range of latents before any analysis."""
+    cfg = model.config
+    if z.ndim != 3 or tuple(z.shape[1:]) != (cfg.num_tokens, cfg.latent_dim):
+        raise MIMFlowError(f"{where}: latents have shape {tuple(z.shape)}, the model needs (N, "
+                           f"{cfg.num_tokens}, {cfg.latent_dim})")
+    if y.shape != (z.shape[0],):
+        raise MIMFlowError(f"{where}: {y.shape[0] if y.ndim else 0} labels for {z.shape[0]} latents")
+    if not torch.isfinite(z).all():
+        bad = int((~torch.isfinite(z)).flatten(1).any(1).sum())
+        raise MIMFlowError(f"{where}: {bad} latent(s) contain NaN or Inf")
+    if int(y.max()) >= cfg.num_classes or int(y.min()) < -1:
+        raise MIMFlowError(f"{where}: labels outside [-1, {cfg.num_classes - 1}] for this model; "
+                           f"use --unconditional")
+
+
+def encode_dataset(model, spec: str, n: int, batch: int, unconditional: bool) -> tuple[Tensor, Tensor]:
+    """z = encoder(x) without masking for the first ``n`` test images, and their labels (or −1)."""
+    from mimflow_core.data import load_dataset
+
+    dataset = load_dataset(spec, image_size=model.config.image_size, split="test")
+    if n > len(dataset):
+        raise MIMFlowError(f"--samples {n}: dataset {spec} has only {len(dataset)} test images")
+    dtype = next(model.encoder.parameters()).dtype
+    zs = []
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            images = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch))])
+            zs.append(model.encode(images.to(dtype), mask_ratio=0.0).z.to(torch.float64))
+    labels = torch.as_tensor(np.asarray(dataset.labels)[:n], dtype=torch.long)
+    return torch.cat(zs), torch.full_like(labels, -1) if unconditional else labels
+
+
+def sample_latents(model, n: int, batch: int, seed: int, unconditional: bool) -> tuple[Tensor, Tensor]:
+    """z = f⁻¹(ε, y) with ε ~ N(0, I) (float64) and uniform labels (or −1), from ``seed``."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(n, cfg.num_tokens, cfg.latent_dim, generator=g, dtype=torch.float64)
+    y = torch.full((n,), -1) if unconditional else torch.randint(0, cfg.num_classes, (n,), generator=g)
+    with torch.no_grad():
+        z = torch.cat([model.flow.reverse(eps[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)])
+    return z, y
+
+
+def load_latents(path: str | os.PathLike) -> dict[str, Tensor]:
+    """``z`` (N, K, D), ``y`` (N,) and, when present, ``z_compare`` from a ``latents.npz``."""
+    try:
+        with np.load(path) as f:
+            arrays = {k: torch.from_numpy(np.asarray(f[k])) for k in f.files}
+    except (OSError, ValueError) as e:
+        raise MIMFlowError(f"{path}: cannot read latents ({e})") from None
+    if "z" not in arrays:
+        raise MIMFlowError(f"{path}: no array 'z' (expected z (N, K, D) and y (N,))")
+    z = arrays["z"].to(torch.float64)
+    y = arrays.get("y", torch.full((z.shape[0],), -1)).to(torch.long)
+    out = {"z": z, "y": y}
+    if "z_compare" in arrays:
+        out["z_compare"] = arrays["z_compare"].to(torch.float64)
+    return out
+
+
+def save_latents(path: Path, latents: dict[str, Tensor]) -> None:
+    arrays = {k: v.numpy() for k, v in latents.items()}
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _fingerprint(settings: Settings, z: Tensor, y: Tensor, sha: str) -> str:
+    h = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
+    h.update(sha.encode())
+    h.update(z.numpy().tobytes())
+    h.update(y.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _tolist(x: Tensor) -> list:
+    return x.detach().cpu().tolist()
+
+
+def sample_records(est, cert, index: Tensor, y: Tensor) -> list[dict]:
+    """One JSON record per sample: values, convergence, products, certificates."""
+    cols = {
+        "index": _tolist(index), "label": _tolist(y),
+        "sigma_max": _tolist(est.sigma_max), "sigma_min": _tolist(est.sigma_min),
+        "kappa": _tolist(est.kappa), "log10_kappa": _tolist(est.kappa.log10()),
+        "logdet_per_dim": _tolist(cert["logdet_per_dim"]),
+        "converged_max": _tolist(est.converged_max), "converged_min": _tolist(est.converged_min),
+        "ok": _tolist(cert["ok"]),
+    }
+    for k in ("norm_Jv_max", "norm_Jv_min"):
+        if k in cert:
+            cols[k] = _tolist(cert[k])
+    checks = {k.removeprefix("check_"): _tolist(v) for k, v in cert.items() if k.startswith("check_")}
+    products = {k: _tolist(v) for k, v in est.products.items()}
+    records = []
+    for i in range(len(cols["index"])):
+        r = {k: v[i] for k, v in cols.items()}
+        r["converged"] = r["converged_max"] and r["converged_min"]
+        r["checks"] = {k: v[i] for k, v in checks.items()}
+        r["products"] = {k: v[i] for k, v in products.items()}
+        records.append(r)
+    return records
+
+
+def summarise(records: list[dict]) -> dict:
+    """Statistics over the samples that converged and passed every check, and counts of the others."""
+    ok = [r for r in records if r["ok"]]
+    out = {
+        "n": len(records), "n_ok": len(ok),
+        "n_not_converged": sum(not r["converged"] for r in records),
+        "n_failed_checks": sum(not all(r["checks"].values()) for r in records),
+        "mean_products": float(np.mean([r["products"]["total"] for r in records])) if records else None,
+    }
+    for key in ("sigma_max", "sigma_min", "log10_kappa", "logdet_per_dim"):
+        v = np.array([r[key] for r in ok], dtype=np.float64)
+        out[key] = {} if v.size == 0 else {
+            "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
+            "p05": float(np.percentile(v, 5)), "p95": float(np.percentile(v, 95)),
+        }
+    return out
+
+
+def analyse_flow(flow, z: Tensor, y: Tensor, settings: Settings, done: dict[int, list[dict]] | None = None,
+                 on_batch=None, desc: str = "jacobian") -> list[dict]:
+    """Per-sample records for latents z (N, K, D) with labels y, in batches of ``settings.batch``.
+
+    ``done`` maps a batch start to records already computed (resume);
+    ``on_batch(start, records)`` is called after each new batch.
+    """
+    done = dict(done or {})
+    options = {"fast": {"tol": settings.tol}, "exact": {},
+               "paper": {"tol": settings.tol, "max_products": settings.max_products}}[settings.method]
+    starts = list(range(0, z.shape[0], settings.batch))
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False):
+        if start in done:
+            continue
+        index = torch.arange(start, min(start + settings.batch, z.shape[0]))
+        op = FlowJacobian(flow, z[index], y[index], settings.blocks)
+        est = estimate(op, settings.method, seeds=settings.seed * 1_000_003 + 2 * index, **options)
+        done[start] = sample_records(est, certify(op, est), index, y[index])
+        for r in done[start]:
+            r["seconds"] = est.seconds / len(index)
+        if on_batch is not None:
+            on_batch(start, done[start])
+    return [r for start in starts for r in done[start]]
+
+
+def model_entry(info, records: list[dict], seconds: float) -> dict:
+    return {
+        "checkpoint": str(info.path), "sha256": info.sha256, "label": info.label, "variant": info.variant,
+        "step": info.step, "weights": info.weights, "config": info.config.to_dict(),
+        "summary": summarise(records), "wall_seconds": seconds,
+        "seconds_per_sample": seconds / max(1, len(records)), "samples": records,
+    }
+
+
+def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Settings,
+                 latents_file: str | None = None, weights: str = "ema") -> dict:
+    """The ``mimflow-lab jacobian`` command: analyse one or two checkpoints, write JSON, latents, figure."""
+    from mimflow_lab import load_model
+
+    from .plot import plot_jacobian
+
+    check_settings(settings)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    given = load_latents(latents_file) if latents_file else None
+    partial_path = out / "jacobian.partial.json"
+    partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
+    models, latents = [], {}
+    for m, ckpt in enumerate(checkpoints):
+        model, info = load_model(ckpt, weights=weights)
+        flow = prepare_flow(model, settings.blocks, ckpt)
+        if settings.method == "exact" and model.config.latent_numel > EXACT_MAX_DIM:
+            raise MIMFlowError(f"--method exact: D = {model.config.latent_numel} > {EXACT_MAX_DIM}; use fast")
+        key = "z" if m == 0 else "z_compare"
+        if given is not None:
+            z, y = given.get(key, given["z"]), given["y"]
+            where = str(latents_file)
+        elif settings.source == "data":
+            z, y = encode_dataset(model, settings.data, settings.samples, settings.batch, settings.unconditional)
+            where = f"latents of {settings.data} encoded by {ckpt}"
+        else:
+            z, y = sample_latents(model, settings.samples, settings.batch, settings.seed, settings.unconditional)
+            where = f"latents sampled from {ckpt}"
+        if settings.unconditional:
+            y = torch.full_like(y, -1)
+        check_latents(z, y, model, where)
+        latents[key], latents["y"] = z, y
+        tag = _fingerprint(settings, z, y, info.sha256)
+        done = {int(k): v for k, v in partial.get(tag, {}).items()}
+
+        def keep(start, recs, tag=tag):
+            partial.setdefault(tag, {})[str(start)] = recs
+            write_json(partial_path, partial)
+
+        t0 = time.perf_counter()
+        records = analyse_flow(flow, z, y, settings, done, keep, desc=f"jacobian {info.label}")
+        models.append(model_entry(info, records, time.perf_counter() - t0))
+    save_latents(out / "latents.npz", latents)
+    settings_dict = asdict(settings) | {"latents": latents_file, "weights": weights}
+    result = {"settings": settings_dict, "latents": "latents.npz", "models": models}
+    write_json(out / "jacobian.json", result)
+    partial_path.unlink(missing_ok=True)
+    result["figure"] = plot_jacobian(result, out / "fig5_jacobian")
+    return result
