@@ -14,7 +14,10 @@ import click
 
 # name -> "module:attribute" of a click command
 COMMANDS: dict[str, str] = {
+    "train": "mimflow_lab.commands.train:train",
     "info": "mimflow_lab.commands.info:info",
+    "jacobian": "mimflow_lab.commands.jacobian:jacobian",
+    "figures": "mimflow_lab.commands.figures:figures",
     "evaluate": "mimflow_lab.commands.evaluate:evaluate",
     "fid": "mimflow_lab.commands.fid:fid",
     "ref-stats": "mimflow_lab.commands.ref_stats:ref_stats",
