@@ -1,0 +1,154 @@
+"""``mimflow-lab fid``: sampling + features on the fly, shards, resume, torchrun (2 Gloo processes), rFID.
+
+A tiny random-init MIMFlow (flow outputs randomised, so the flow is not the
+identity) samples a handful of 32 px images; the Inception is the real one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mimflow_core.checkpoint import save_checkpoint
+from mimflow_core.config import get_preset
+from mimflow_core.data import load_dataset
+from mimflow_core.model import MIMFlow
+from mimflow_lab import sampling
+from mimflow_lab.cli import main
+from mimflow_lab.metrics import to_uint8
+from mimflow_lab.sampling import ShardPlan, balanced_labels, merge_shards, sample_noise
+from tests.conftest import randomise_outputs
+from tests.test_metrics_cli import run_cli
+from tests.test_metrics_inception import foolbox_images, torchscript_or_skip
+
+METRIC_KEYS = ("fid", "sfid", "precision", "recall")
+SAMPLES, BATCH = 6, 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torchscript_or_skip()
+    root = tmp_path_factory.mktemp("fid")
+    torch.manual_seed(0)
+    model = MIMFlow(get_preset("tiny"))
+    randomise_outputs(model.flow, std=0.05, generator=torch.Generator().manual_seed(1))
+    save_checkpoint(root / "tiny.pt", model, step=1, train={"variant": "mimflow"})
+    np.savez(root / "ref.npz", foolbox_images("cifar10", 8), np.arange(8))
+    return root
+
+
+def fid_args(root: Path, out: str, *extra: str) -> list[str]:
+    return ["fid", str(root / "tiny.pt"), "--samples", str(SAMPLES), "--batch", str(BATCH), "--cfg", "2.0",
+            "--seed", "3", "--ref", str(root / "ref.npz"), "--out", str(root / out), *extra]
+
+
+@pytest.fixture(scope="module")
+def single_run(setup):
+    """One uninterrupted single-process run that also saves its samples as an ADM npz."""
+    run_cli(fid_args(setup, "run1", "--save-npz", str(setup / "samples.npz")))
+    return json.loads((setup / "run1" / "metrics.json").read_text())
+
+
+def merged(out: Path) -> dict[str, np.ndarray]:
+    return merge_shards(ShardPlan(SAMPLES, BATCH, out / "shards"))
+
+
+def test_samples_saved_and_reevaluated_give_the_same_metrics(setup, single_run):
+    """Features on the fly == features of the same samples written to npz and read back by `evaluate`."""
+    with np.load(setup / "samples.npz") as saved:
+        assert saved["arr_0"].shape == (SAMPLES, 32, 32, 3) and saved["arr_0"].dtype == np.uint8
+        np.testing.assert_array_equal(saved["arr_1"], balanced_labels(3, SAMPLES, 10))
+        np.testing.assert_array_equal(saved["arr_0"], merged(setup / "run1")["images"])
+    run_cli(["evaluate", str(setup / "ref.npz"), str(setup / "samples.npz"), "--out", str(setup / "ev.json")])
+    evaluated = json.loads((setup / "ev.json").read_text())
+    for key in METRIC_KEYS:
+        assert single_run[key] == evaluated[key], key
+    assert single_run["inception_score"] is None and single_run["run"]["cfg"] == 2.0
+
+
+def test_interrupted_run_resumes_to_identical_metrics(setup, single_run, monkeypatch):
+    out = setup / "run_resume"
+    out.mkdir()
+    shutil.copy(setup / "run1" / "reference_features.npz", out)  # the cache a first attempt would have left
+    real = sampling.inception_features
+    calls = []
+
+    def crash_on_second_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "inception_features", crash_on_second_shard)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cli(fid_args(setup, "run_resume", "--save-npz", str(setup / "resumed.npz")))
+    plan = ShardPlan(SAMPLES, BATCH, out / "shards")
+    assert plan.missing() == [1] and not (out / "metrics.json").exists()
+    first_shard = plan.path(0).stat().st_mtime_ns
+    monkeypatch.setattr(sampling, "inception_features", real)
+    run_cli(fid_args(setup, "run_resume", "--save-npz", str(setup / "resumed.npz")))
+    assert plan.path(0).stat().st_mtime_ns == first_shard  # the finished shard was not redone
+    resumed = json.loads((out / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert resumed[key] == single_run[key], key
+    for key, value in merged(setup / "run1").items():
+        np.testing.assert_array_equal(merged(out)[key], value, err_msg=key)
+
+
+def test_changed_options_refuse_to_resume(setup, single_run, capsys):
+    before = ShardPlan(SAMPLES, BATCH, setup / "run1" / "shards").path(0).stat().st_mtime_ns
+    with pytest.raises(SystemExit) as exit_info:  # the last --cfg wins
+        main(fid_args(setup, "run1", "--save-npz", str(setup / "samples.npz"), "--cfg", "1.5"))
+    assert exit_info.value.code == 2
+    assert "cfg 2.0 -> 1.5" in capsys.readouterr().err
+    assert ShardPlan(SAMPLES, BATCH, setup / "run1" / "shards").path(0).stat().st_mtime_ns == before
+
+
+def test_two_gloo_processes_give_the_same_samples_and_metrics(setup, single_run):
+    out = setup / "run_ddp"
+    out.mkdir()
+    shutil.copy(setup / "run1" / "reference_features.npz", out)
+    # Same threads per process as the in-process run: CPU kernels' summation order depends on the thread count.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "mimflow_lab.cli", *fid_args(setup, "run_ddp", "--save-npz", str(setup / "ddp.npz"))],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "shards (rank 1)" in result.stderr  # both ranks did work
+    ddp = json.loads((out / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert ddp[key] == single_run[key], key
+    for key, value in merged(setup / "run1").items():
+        np.testing.assert_array_equal(merged(out)[key], value, err_msg=key)
+
+
+def test_rfid_equals_evaluate_of_originals_and_reconstructions(setup, tmp_path):
+    run_cli(["fid", str(setup / "tiny.pt"), "--rfid", "digits", "--split", "test", "--samples", "4", "--batch", "2",
+             "--save-npz", str(tmp_path / "recon.npz"), "--out", str(tmp_path / "rfid")])
+    metrics = json.loads((tmp_path / "rfid" / "metrics.json").read_text())
+    dataset = load_dataset("digits", 32, "test")
+    originals = to_uint8(torch.stack([dataset[i][0] for i in range(4)])).numpy()
+    np.savez(tmp_path / "originals.npz", originals)
+    run_cli(["evaluate", str(tmp_path / "originals.npz"), str(tmp_path / "recon.npz"), "--out",
+             str(tmp_path / "ev.json")])
+    evaluated = json.loads((tmp_path / "ev.json").read_text())
+    for key in METRIC_KEYS:
+        assert metrics[key] == pytest.approx(evaluated[key], rel=1e-12, abs=1e-12), key
+    assert metrics["run"]["mode"] == "reconstruction" and metrics["fid"] > 0
+
+
+def test_noise_and_labels_depend_only_on_seed_and_index():
+    whole = sample_noise(7, np.arange(8), (4, 2))
+    torch.testing.assert_close(sample_noise(7, np.array([5, 2]), (4, 2)), whole[[5, 2]], atol=0, rtol=0)
+    assert not torch.equal(sample_noise(8, np.arange(8), (4, 2)), whole)
+    labels = balanced_labels(0, 1003, 10)
+    assert np.bincount(labels).tolist() == [101, 101, 101] + [100] * 7
+    assert (balanced_labels(0, 5, 0) == -1).all()
