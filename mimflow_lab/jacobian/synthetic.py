@@ -39,3 +39,21 @@ def kahan_matrix(n: int, theta: float = 1.2, perturbation: float = 25.0) -> Tens
     unit_lower = torch.eye(n, dtype=torch.float64) + torch.tril(torch.full((n, n), -c, dtype=torch.float64), -1)
     m = unit_lower * scale[None, :]
     return m + torch.diag(perturbation * torch.finfo(torch.float64).eps * (n - i) * scale)
+
+
+def perturbed_flow(config, std: float, seed: int = 0):
+    """A float64 LatentFlow whose zero-initialised output projections get N(0, std²) weights.
+
+    A new flow is the identity (κ = 1); random output projections give it
+    data-dependent shifts and scales, and ``std`` sets how ill-conditioned it
+    gets (for the small test flows, std 0.05–0.1 gives κ ≈ 10–1000).
+    """
+    from mimflow_core.flow import LatentFlow
+
+    torch.manual_seed(seed)
+    flow = LatentFlow(config).double().eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    for block in flow.blocks:
+        block.proj_out.weight.copy_(torch.randn(block.proj_out.weight.shape, generator=g) * std)
+        block.proj_out.bias.copy_(torch.randn(block.proj_out.bias.shape, generator=g) * std)
+    return flow

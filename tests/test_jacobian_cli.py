@@ -1,0 +1,132 @@
+"""``mimflow-lab jacobian`` end to end on tiny checkpoints, checked against an independent exact SVD."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mimflow_core.checkpoint import save_checkpoint
+from mimflow_core.config import get_preset
+from mimflow_core.data import load_dataset
+from mimflow_core.layers import math_attention
+from mimflow_core.model import MIMFlow
+from mimflow_lab import load_model
+from mimflow_lab.cli import main
+from mimflow_lab.jacobian import plot_jacobian
+
+K, D = 8, 8
+
+
+def _checkpoint(path, std: float, variant: str, seed: int):
+    torch.manual_seed(seed)
+    config = get_preset("tiny", num_tokens=K, latent_dim=D, flow_blocks=(2, 1, 2), flow_width=32, flow_heads=2,
+                        enc_width=32, enc_heads=2, enc_depth=1, dec_width=32, dec_heads=2, dec_depth=1)
+    model = MIMFlow(config)
+    with torch.no_grad():
+        for block in model.flow.blocks:  # a new flow is the identity; make its Jacobian non-trivial
+            block.proj_out.weight.normal_(0.0, std)
+            block.proj_out.bias.normal_(0.0, std)
+    save_checkpoint(path, model, step=7, train={"variant": variant, "mask_ratio": 0.5})
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jacobian")
+    a = _checkpoint(root / "mimflow.pt", 0.05, "mimflow", 0)
+    b = _checkpoint(root / "starflow.pt", 0.1, "starflow", 1)
+    out = root / "out"
+    main(["jacobian", str(a), "--compare", str(b), "--samples", "6", "--batch", "4", "--out", str(out)])
+    return root, a, b, out, json.loads((out / "jacobian.json").read_text())
+
+
+def _exact_svd(ckpt, z, y):
+    """σ of the flow's Jacobian by plain jacrev + svdvals, independent of mimflow_lab.jacobian."""
+    model, _ = load_model(ckpt)
+    flow = model.flow.double()
+    f = lambda v, label: flow(v.view(1, K, D), label).eps.reshape(-1)  # noqa: E731
+    with math_attention():
+        J = torch.stack([torch.func.jacrev(f)(z[i].reshape(-1), y[i:i + 1]) for i in range(len(z))])
+    return torch.linalg.svdvals(J.detach())
+
+
+def test_result_file_matches_exact_svd(run):
+    root, a, b, out, result = run
+    assert [m["label"] for m in result["models"]] == ["mimflow (mask 0.5)", "starflow (mask 0.5)"]
+    with np.load(out / "latents.npz") as f:
+        z, zc, y = (torch.from_numpy(f[k]) for k in ("z", "z_compare", "y"))
+    assert z.shape == zc.shape == (6, K, D)
+    digits = load_dataset("digits", image_size=32, split="test")
+    assert y.tolist() == digits.labels[:6].tolist()
+    model, _ = load_model(a)  # the latents really are this model's encodings of the first test images
+    with torch.no_grad():
+        images = torch.stack([digits[i][0] for i in range(6)])
+        torch.testing.assert_close(model.encode(images).z.double(), z, rtol=1e-5, atol=1e-6)
+    for entry, ckpt, latents in zip(result["models"], (a, b), (z, zc)):
+        sv = _exact_svd(ckpt, latents, y)
+        samples = entry["samples"]
+        assert entry["summary"]["n_ok"] == 6 and all(s["ok"] and s["converged"] for s in samples)
+        np.testing.assert_allclose([s["sigma_max"] for s in samples], sv[:, 0], rtol=1e-4)
+        np.testing.assert_allclose([s["sigma_min"] for s in samples], sv[:, -1], rtol=1e-4)
+        np.testing.assert_allclose([s["logdet_per_dim"] for s in samples], sv.log().sum(1) / (K * D), atol=1e-8)
+        assert all(s["products"]["Jinv"] > 0 and s["products"]["total"] < 200 for s in samples)
+    assert (out / "fig5_jacobian.png").stat().st_size > 10_000 and (out / "fig5_jacobian.pdf").exists()
+
+
+def test_saved_latents_reproduce_the_result_and_the_figure_redraws_from_json(run, tmp_path):
+    root, a, b, out, result = run
+    main(["jacobian", str(a), "--compare", str(b), "--latents", str(out / "latents.npz"), "--method", "exact",
+          "--out", str(tmp_path)])
+    again = json.loads((tmp_path / "jacobian.json").read_text())
+    for first, second in zip(result["models"], again["models"]):
+        for key in ("sigma_max", "sigma_min"):
+            np.testing.assert_allclose([s[key] for s in second["samples"]], [s[key] for s in first["samples"]],
+                                       rtol=1e-4)
+    paths = plot_jacobian(out / "jacobian.json", tmp_path / "redrawn")
+    assert set(paths) == {"png", "pdf"} and all((tmp_path / f"redrawn.{k}").exists() for k in paths)
+
+
+def test_source_samples_and_first_blocks(run, tmp_path):
+    root, a, _, _, _ = run
+    main(["jacobian", str(a), "--source", "samples", "--samples", "3", "--blocks", "2", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "jacobian.json").read_text())
+    assert result["settings"]["blocks"] == 2 and result["models"][0]["summary"]["n_ok"] == 3
+    with np.load(tmp_path / "latents.npz") as f:
+        z = torch.from_numpy(f["z"])
+    model, _ = load_model(a)
+    flow = model.flow.double()
+    with torch.no_grad():  # z = f⁻¹(ε): the flow maps it back to a finite Gaussian draw
+        eps = flow(z, torch.from_numpy(np.load(tmp_path / "latents.npz")["y"])).eps
+    assert torch.isfinite(eps).all() and 0.5 < eps.std() < 1.5
+
+
+def _bad_latents(root):
+    z = np.zeros((2, K, D))
+    z[1, 0, 0] = np.nan
+    np.savez(root / "nan.npz", z=z, y=np.array([0, 1]))
+    return ["--latents", str(root / "nan.npz")]
+
+
+def _flowless(root, a):
+    ckpt = torch.load(a, weights_only=True)
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("flow.")}
+    torch.save(ckpt, root / "noflow.pt")
+    return root / "noflow.pt"
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("nan", "NaN or Inf"), ("samples", "only 300 test images"), ("method", "unknown method"),
+    ("noflow", "noflow.pt"), ("blocks", "--blocks 9"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(run, tmp_path, capsys, case, needle):
+    root, a, _, _, _ = run
+    args = {"nan": [str(a)] + _bad_latents(tmp_path), "samples": [str(a), "--samples", "100000"],
+            "method": [str(a), "--method", "svd"], "noflow": [str(_flowless(tmp_path, a))],
+            "blocks": [str(a), "--blocks", "9"]}[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["jacobian", *args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
