@@ -69,6 +69,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--std", type=float, default=0.045, help="std of the random output projections (sets κ)")
     p.add_argument("--width", type=int, default=64)
+    p.add_argument("--tokens", type=int, default=128, help="K (x 64 dims per token); 128 gives D = 8192")
     p.add_argument("--samples", type=int, default=8, help="samples for the fast/paper accuracy rows")
     p.add_argument("--paper-samples", type=int, default=2)
     p.add_argument("--budget", type=int, default=1000, help="product budget per sample for paper and svds")
@@ -78,11 +79,11 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
 
-    config = get_preset("tiny", num_tokens=128, latent_dim=64, flow_blocks=(2, 2, 2, 2),
+    config = get_preset("tiny", num_tokens=args.tokens, latent_dim=64, flow_blocks=(2, 2, 2, 2),
                         flow_width=args.width, flow_heads=2)
     flow = perturbed_flow(config, args.std, seed=0)
     n = max(args.samples, args.throughput_batch)
-    z = torch.randn(n, 128, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(n, args.tokens, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.full((n,), -1)
     seeds = torch.arange(n) * 2
     print(f"flow: 4 blocks x 2 layers, width {args.width}, D = {config.latent_numel}, "

@@ -101,15 +101,15 @@ def estimate_paper(
     """Power iteration (Eq. 9) and inexact shifted inverse iteration with CG (Eqs. 10–11).
 
     The shift is α = ``shift``·σmax², a Tikhonov term that keeps A = JᵀJ + αI
-    definite without moving σmin at the accuracy we report. A sample whose
-    products exceed ``max_products`` stops and is reported as not converged.
+    definite without moving σmin at the accuracy we report. A sample stops
+    when its products reach ``max_products`` and is reported as not converged.
     """
     t0 = time.perf_counter()
     top = power_iteration(op.normal, start_vectors(seeds, op.dim), tol=tol, max_iter=max_iter)
     alpha = shift * top.value
-    spent = lambda idx: op.products()["total"][idx] >= max_products  # noqa: E731
+    left = lambda idx: (max_products - op.products()["total"][idx]) // 2  # noqa: E731 (JᵀJ = 2 products)
     bottom = inverse_iteration(
-        op.normal, start_vectors(seeds + 1, op.dim), alpha, tol=tol, max_iter=max_iter, cg_tol=cg_tol, budget=spent
+        op.normal, start_vectors(seeds + 1, op.dim), alpha, tol=tol, max_iter=max_iter, cg_tol=cg_tol, budget=left
     )
     return SpectrumEstimate(
         sigma_max=top.value.sqrt(),

@@ -99,13 +99,15 @@ def lanczos_top(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int = 300
 
 
 def conjugate_gradient(
-    apply: Apply, rhs: Tensor, idx: Tensor, x0: Tensor | None = None, tol: float = 1e-6, max_iter: int = 1000
+    apply: Apply, rhs: Tensor, idx: Tensor, x0: Tensor | None = None, tol: float = 1e-6,
+    max_iter: int | Tensor = 1000,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Solve ``A x = rhs`` for each row by conjugate gradients.
 
     Stops a row when ‖r‖ ≤ tol·‖r₀‖, the residual of the start ``x0`` (‖rhs‖
     without one): a warm-started solve then always gains the factor ``tol``,
-    however good its start already is. Returns ``(x, iterations, converged)``.
+    however good its start already is. ``max_iter`` may differ per row
+    (a tensor). Returns ``(x, iterations, converged)``.
     """
     x = torch.zeros_like(rhs) if x0 is None else x0.clone()
     r = rhs - apply(x, idx) if x0 is not None else rhs.clone()
@@ -113,8 +115,9 @@ def conjugate_gradient(
     rr = torch.einsum("bn,bn->b", r, r)
     target = tol**2 * rr
     iters = torch.zeros(rhs.shape[0], dtype=torch.long, device=rhs.device)
-    running = torch.nonzero(rr > 0).flatten()
-    for _ in range(max_iter):
+    cap = torch.as_tensor(max_iter, device=rhs.device).expand(rhs.shape[0])
+    running = torch.nonzero((rr > 0) & (cap > 0)).flatten()
+    while True:
         if running.numel() == 0:
             break
         Ap = apply(p[running], idx[running])
@@ -126,7 +129,7 @@ def conjugate_gradient(
         p[running] = r[running] + (rr_new / rr[running])[:, None] * p[running]
         rr[running] = rr_new
         iters[running] += 1
-        running = running[rr_new > target[running]]
+        running = running[(rr_new > target[running]) & (iters[running] < cap[running])]
     return x, iters, rr <= target
 
 
@@ -183,7 +186,8 @@ def inverse_iteration(
     ``w``. θ is the Rayleigh quotient of ``A`` itself, so ``θ = λ_min(A+αI) − α``
     as in Eq. 11. A row stops when the relative change of θ and the relative
     residual ‖Av − θv‖/θ are ≤ tol, after ``max_iter`` outer steps, or when
-    ``budget(idx)`` (if given) says its product budget is spent.
+    its budget is spent: ``budget(idx)`` (if given) returns how many more
+    applications of A each row may make, and caps its CG solve accordingly.
     """
     out = _empty_result(v0)
     v = _unit(v0)
@@ -192,12 +196,13 @@ def inverse_iteration(
     theta_prev, _ = _rayleigh(apply, v, active)
     for k in range(1, max_iter + 1):
         guess = v[active] / (theta_prev[active] + shift[active])[:, None]
-        w, _, _ = conjugate_gradient(shifted, v[active], active, x0=guess, tol=cg_tol, max_iter=cg_max_iter)
+        cg_cap = cg_max_iter if budget is None else (budget(active) - 1).clamp(0, cg_max_iter)  # -1: Rayleigh
+        w, _, _ = conjugate_gradient(shifted, v[active], active, x0=guess, tol=cg_tol, max_iter=cg_cap)
         v[active] = _unit(w)
         theta, rel = _rayleigh(apply, v[active], active)
         change = (theta - theta_prev[active]).abs() / theta.abs()
         converged = (rel <= tol) & (change <= tol)
-        spent = budget(active) if budget is not None else torch.zeros_like(converged)
+        spent = budget(active) <= 0 if budget is not None else torch.zeros_like(converged)
         finished = converged | spent | (k == max_iter)
         done = active[finished]
         out.value[done], out.vector[done] = theta[finished], v[done]
