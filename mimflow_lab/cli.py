@@ -21,6 +21,9 @@ COMMANDS: dict[str, str] = {
     "evaluate": "mimflow_lab.commands.evaluate:evaluate",
     "fid": "mimflow_lab.commands.fid:fid",
     "ref-stats": "mimflow_lab.commands.ref_stats:ref_stats",
+    "features": "mimflow_lab.commands.features:features",
+    "probe": "mimflow_lab.commands.probe:probe",
+    "umap": "mimflow_lab.commands.umap:umap",
 }
 
 

@@ -331,3 +331,38 @@ def _batches(dataset, indices: np.ndarray, slices: list[slice], todo: list[int],
 
 def _concat(shards: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
+
+
+def export_features(checkpoint: str | os.PathLike, out: str | os.PathLike, *, depths: str | Sequence[str] = "all",
+                    layers: bool = False, mask_ratio: float = 0.0, splits: Sequence[str] = ("train", "test"),
+                    max_samples: int | None = None, data: str = "digits", pool: str = "mean",
+                    weights: str = "ema", seed: int = 0, shard_size: int = 256,
+                    cache: str | os.PathLike | None = DEFAULT_CACHE, device: str | torch.device = "cpu",
+                    num_workers: int = 0, progress: bool = True) -> Path | None:
+    """Write one NPZ: an (n, dim) float32 array per depth name, ``labels``, ``split`` (str) and ``index``
+    (the image's index within its split), plus ``depths`` and ``class_names``. Returns the path on rank 0."""
+    from mimflow_core.data import load_dataset
+
+    [(model, info)] = load_checkpoints([checkpoint], data, weights=weights, device=device)
+    names = parse_depths(depths, info.config, layers)
+    parts = []
+    for split in splits:
+        dataset = load_dataset(data, info.config.image_size, split, channels=info.config.channels)
+        settings = FeatureSettings(data=data, split=split, mask_ratio=mask_ratio, pool=pool,
+                                   layers=needs_layers(names), seed=seed, shard_size=shard_size,
+                                   max_samples=max_samples, weights=info.weights)
+        feats = extract_features(model, dataset, info.sha256, settings, cache=cache, device=device,
+                                 num_workers=num_workers, progress=progress)
+        parts.append((split, feats, dataset.class_names))
+    if dist_info()[0] != 0:
+        return None
+    arrays = {name: np.concatenate([f[name] for _, f, _ in parts]) for name in names}
+    arrays["labels"] = np.concatenate([f["labels"] for _, f, _ in parts])
+    arrays["split"] = np.concatenate([np.full(len(f["labels"]), s) for s, f, _ in parts])
+    arrays["index"] = np.concatenate([f["indices"] for _, f, _ in parts])
+    arrays["depths"] = np.array(names)
+    arrays["class_names"] = np.array(parts[0][2])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _save_npz(out, arrays)
+    return out

@@ -464,7 +464,7 @@ def plot_probe(probe_json: str | os.PathLike | dict, out_stem: str | os.PathLike
     ax.set_xlabel("depth (encoder → latent z → flow block output)")
     ax.set_ylabel("linear-probe top-1 accuracy (%)")
     ax.set_title(f"Linear probe vs depth ({result['data']}, {result['pool']}-pooled)")
-    ax.legend(frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return save_figure(fig, out_stem)
 
 

@@ -1,0 +1,46 @@
+"""``mimflow-lab probe``: linear-probe accuracy per checkpoint, inference mask ratio and depth (Fig. 6, Table 5a)."""
+from __future__ import annotations
+
+import click
+
+from mimflow_lab.commands.features import common_feature_options, parse_ratios
+
+
+@click.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--depths", default="all", show_default=True,
+              help="'all' (encoder, latent, every flow block) or a comma list such as encoder,latent,0,3,7; "
+                   "deep-block layers are named B.L (block B, layer L).")
+@click.option("--layers", is_flag=True, help="Also probe every transformer layer of the deep flow block.")
+@click.option("--mask-ratios", default="0", show_default=True,
+              help="Comma list of inference mask ratios; one feature pass per checkpoint and ratio.")
+@click.option("--max-train", type=int, default=None,
+              help="Use a class-balanced subset of this many training images (default: all).")
+@click.option("--pixel-baseline", is_flag=True, help="Also probe raw pixels (a dashed reference line).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Probe seeds (validation split, batch order).")
+@click.option("--out", default="results/probe", show_default=True, type=click.Path(file_okay=False),
+              help="Output directory for probe.json, probe.csv and probe_depth.png/.pdf.")
+@common_feature_options()
+def probe(checkpoints, depths, layers, mask_ratios, max_train, pixel_baseline, seeds, out, data, pool, weights,
+          seed, shard_size, cache, no_cache, device, num_workers) -> None:
+    """Linear-probe top-1 accuracy of CHECKPOINTS' features at every depth (mean ± std over seeds)."""
+    from mimflow_lab.commands.features import start_processes
+    from mimflow_lab.probe import ProbeSettings, probe_checkpoints, write_probe_results
+
+    device = start_processes(device)
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r}: expected comma-separated integers", param_hint="--seeds") from None
+    result = probe_checkpoints(
+        checkpoints, depths=depths, mask_ratios=parse_ratios(mask_ratios), data=data, layers=layers, pool=pool,
+        weights=weights, seed=seed, shard_size=shard_size, max_train=max_train, pixel_baseline=pixel_baseline,
+        cache=None if no_cache else cache, device=device, num_workers=num_workers,
+        settings=ProbeSettings(seeds=seed_list, device=str(device)))
+    if result is None:  # not rank 0
+        return
+    files = write_probe_results(result, out)
+    for row in result["results"]:
+        click.echo(f"{row['checkpoint']:<32} mask {row['mask_ratio']:<4g} {row['depth']:>8}: "
+                   f"{row['accuracy_mean']:6.2f} ± {row['accuracy_std']:.2f} %")
+    click.echo(f"wrote {files['json']}, {files['csv']}, {files['png']}, {files['pdf']}")
