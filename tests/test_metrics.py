@@ -174,4 +174,7 @@ def test_not_an_npz_and_bad_statistics(tmp_path):
     np.savez(tmp_path / "ref.npz", arr_0=images(4), mu=np.zeros(2048), sigma=np.eye(3))
     with pytest.raises(MIMFlowError, match="sigma has shape"):
         read_reference_stats(tmp_path / "ref.npz")
+    np.savez(tmp_path / "ref.npz", arr_0=images(4), mu=np.full(2048, np.nan))
+    with pytest.raises(MIMFlowError, match="mu contains NaN"):
+        read_reference_stats(tmp_path / "ref.npz")
     assert zipfile.is_zipfile(tmp_path / "ref.npz")

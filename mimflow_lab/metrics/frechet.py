@@ -7,15 +7,17 @@ complex Schur decomposition of a non-symmetric matrix, slow, and its
 ``disp=`` argument is gone in scipy 1.18. Only the trace is needed, and
 tr sqrt(S1 S2) is the sum of square roots of the eigenvalues of S1 S2, which
 are those of the symmetric PSD matrix A^T S2 A for any factor S1 = A A^T.
-So: pivoted Cholesky factors (rank-revealing, so few samples give a small
-factor), one symmetric eigenvalue problem of the lower rank, all in float64;
-eigenvalues at rounding level count as the zeros they are.
+So: a Cholesky factor (pivoted, rank-revealing Cholesky when the covariance
+is singular, so few samples give a small factor), one symmetric eigenvalue
+problem, all in float64 (torch's LAPACK, MKL on x86, is several times faster
+than numpy's here); eigenvalues at rounding level count as the zeros they are.
 """
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+import torch
 from scipy.linalg import lapack
 
 from mimflow_core.errors import MIMFlowError
@@ -37,25 +39,32 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def psd_factor(sigma: np.ndarray) -> np.ndarray:
-    """F (d x r) with F F^T = sigma, r = numerical rank, by pivoted Cholesky (LAPACK ``pstrf``).
+def psd_factor(sigma: np.ndarray) -> torch.Tensor:
+    """F (d x r) with F F^T = sigma, r = numerical rank.
 
-    Costs d^2 r: cheap for the rank-deficient covariances of few samples,
-    a plain Cholesky at full rank. Rank tolerance: LAPACK's d * eps * max(diag).
+    Cholesky when sigma is positive definite; otherwise pivoted Cholesky
+    (LAPACK ``pstrf``, rank tolerance d * eps * max(diag)), which costs d^2 r:
+    cheap for the rank-deficient covariances of few samples.
     """
+    factor, info = torch.linalg.cholesky_ex(torch.from_numpy(sigma))
+    if info == 0:
+        return factor
     factor, pivots, rank, info = lapack.dpstrf(sigma, lower=1)
     if info < 0:
         raise ValueError(f"dpstrf: illegal argument {-info}")
     permuted = np.empty((len(sigma), rank))
     permuted[pivots - 1] = np.tril(factor)[:, :rank]
-    return permuted
+    return torch.from_numpy(permuted)
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr sqrt(sigma1 @ sigma2) for symmetric PSD matrices: through the factor of lower rank."""
-    f1, f2 = psd_factor(sigma1), psd_factor(sigma2)
-    f, other = (f1, sigma2) if f1.shape[1] <= f2.shape[1] else (f2, sigma1)
-    eigenvalues = np.linalg.eigvalsh(f.T @ other @ f)
+    """tr sqrt(sigma1 @ sigma2) for symmetric PSD matrices, through the factor of lower rank."""
+    factor, other = psd_factor(sigma1), sigma2
+    if factor.shape[1] < len(sigma1):
+        factor2 = psd_factor(sigma2)
+        if factor2.shape[1] < factor.shape[1]:
+            factor, other = factor2, sigma1
+    eigenvalues = torch.linalg.eigvalsh(factor.T @ torch.from_numpy(other) @ factor).numpy()
     # Zero eigenvalues come out as +-1e-16 * max; their square roots (~1e-8) would bias the sum.
     significant = eigenvalues > eigenvalues.max(initial=0.0) * len(eigenvalues) * np.finfo(np.float64).eps
     return float(np.sqrt(eigenvalues[significant]).sum())

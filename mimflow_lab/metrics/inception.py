@@ -106,7 +106,9 @@ class FIDInception(nn.Module):
         x = images.to(dtype)
         if x.shape[-2:] != (299, 299):
             x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
-        pool, mixed_6_conv = self.trunk((x - 128) / 128)
+        # Full fp32 convolutions on GPUs (cuDNN's TF32 default shifts features ~1e-3) with deterministic kernels.
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            pool, mixed_6_conv = self.trunk((x - 128) / 128)
         spatial = mixed_6_conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)  # NHWC, as TF
         logits = pool @ self.fc.weight.T if self.fc is not None else None
         return InceptionOutput(pool, spatial, logits)
