@@ -74,7 +74,7 @@ class ProbeSettings:
     val_fraction: float = 0.1
     full_batch_max: int = 2**26  # L-BFGS full-batch while n_train * max(dim, classes) stays below this
     lbfgs_max_iter: int = 300
-    lbfgs_tolerance: float = 1e-5  # on the largest gradient entry (scikit-learn's lbfgs stops at 1e-4)
+    lbfgs_tolerance: float = 1e-4  # on the largest gradient entry, as scikit-learn's LogisticRegression
     sgd_epochs: int = 30
     sgd_batch_size: int = 1024
     sgd_lr: float = 0.1
@@ -182,9 +182,13 @@ def _fit_full_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, problems
         scaled = W * isd[:, :, None]
         logits = (x @ scaled.permute(1, 0, 2).reshape(dim, a * C)).view(n, a, C)
         logits += b - torch.einsum("gd,gdc->gc", mu, scaled)
-        log_p = logits.log_softmax(2)
-        loss = -(log_p * onehot).sum(2).mul(w).sum(0) + 0.5 * decay[rows] * W.pow(2).sum((1, 2))
-        dlogits = (log_p.exp() - onehot) * w[:, :, None]  # d loss / d logits
+        # softmax by hand: Tensor.log_softmax over a last dim of C ~ 10 is ~5x slower on CPU
+        logits -= logits.amax(2, keepdim=True)
+        exp = logits.exp()
+        total = exp.sum(2)
+        ce = total.log() - logits.gather(2, y.view(n, 1, 1).expand(n, a, 1)).squeeze(2)
+        loss = (ce * w).sum(0) + 0.5 * decay[rows] * W.pow(2).sum((1, 2))
+        dlogits = (exp / total[:, :, None] - onehot) * w[:, :, None]  # d loss / d logits
         grad_b = dlogits.sum(0)
         grad_scaled = (x.T @ dlogits.reshape(n, a * C)).view(dim, a, C).permute(1, 0, 2) - mu[:, :, None] * grad_b[:, None]
         grad_W = grad_scaled * isd[:, :, None] + decay[rows, None, None] * W
@@ -210,10 +214,10 @@ def batched_lbfgs(objective, theta: torch.Tensor, *, max_iter: int = 300, tol: f
 
     ``objective(theta_rows, rows)`` returns the losses (a,) and gradients
     (a, P) of problems ``rows`` at ``theta_rows``. Each problem has its own
-    L-BFGS history (two-loop recursion), Armijo backtracking step and stopping
-    test (largest gradient entry <= ``tol``, or relative decrease <= ``ftol``);
-    a problem that stops leaves the batch, so late iterations only pay for
-    the slow problems.
+    L-BFGS history (two-loop recursion), its own step length (weak Wolfe line
+    search, see :func:`_wolfe_steps`) and its own stopping test (largest
+    gradient entry <= ``tol``, or relative decrease <= ``ftol``); a problem
+    that stops leaves the batch, so late iterations only pay for the slow ones.
     """
     out = theta.clone()
     rows = torch.arange(theta.shape[0], device=theta.device)  # problems still in the batch
@@ -244,13 +248,7 @@ def batched_lbfgs(objective, theta: torch.Tensor, *, max_iter: int = 300, tol: f
         slope = (grad * d).sum(1)
         uphill = slope >= 0  # a broken quasi-Newton direction: fall back to steepest descent
         d[uphill], slope[uphill] = -grad[uphill], -(grad[uphill] ** 2).sum(1)
-        step = torch.ones(len(rows), device=theta.device)  # Armijo backtracking, per problem
-        for _ in range(40):
-            new_loss, new_grad = objective(theta + step[:, None] * d, rows)
-            ok = new_loss <= loss + 1e-4 * step * slope
-            if ok.all():
-                break
-            step = torch.where(ok, step, 0.5 * step)
+        step, new_loss, new_grad = _wolfe_steps(objective, theta, d, loss, slope, rows)
         s, yv = step[:, None] * d, new_grad - grad
         sy = (s * yv).sum(1)
         good = sy > 1e-10
@@ -262,6 +260,26 @@ def batched_lbfgs(objective, theta: torch.Tensor, *, max_iter: int = 300, tol: f
         keep = (grad.abs().amax(1) > tol) & ~stalled
     out[rows] = theta
     return out
+
+
+def _wolfe_steps(objective, theta: torch.Tensor, d: torch.Tensor, loss: torch.Tensor, slope: torch.Tensor,
+                 rows: torch.Tensor, c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30):
+    """Per-problem step lengths t meeting the weak Wolfe conditions (bisection / doubling, Lewis & Overton):
+    sufficient decrease f(x + t d) <= f(x) + c1 t g.d, and curvature g(x + t d).d >= c2 g.d, which keeps
+    every curvature pair s.y positive and lets a step grow beyond 1 where the quadratic model is too timid."""
+    step = torch.ones_like(loss)
+    low, high = torch.zeros_like(loss), torch.full_like(loss, float("inf"))
+    for _ in range(max_evals):
+        new_loss, new_grad = objective(theta + step[:, None] * d, rows)
+        too_long = new_loss > loss + c1 * step * slope
+        too_short = ~too_long & ((new_grad * d).sum(1) < c2 * slope)
+        if not (too_long | too_short).any():
+            break
+        high = torch.where(too_long, step, high)
+        low = torch.where(too_short, step, low)
+        step = torch.where(too_long | too_short,
+                           torch.where(torch.isinf(high), 2.0 * low, 0.5 * (low + high)), step)
+    return step, new_loss, new_grad
 
 
 def _fit_sgd(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, seed: int,
