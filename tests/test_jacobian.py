@@ -183,3 +183,17 @@ def test_non_convergence_is_reported_and_counted():
     assert summary["sigma_min"]["max"] == pytest.approx(spectra[1, -1].item(), rel=RTOL)  # only the good one
     capped = estimate(DenseJacobian(op.matrices), "fast", torch.tensor([0, 2]), max_iter=3)
     assert not capped.converged_min.any()
+
+
+def test_resume_reuses_finished_batches():
+    """analyse_flow skips batches it is given and computes only the rest, with the same numbers."""
+    from mimflow_lab.jacobian.analysis import Settings, analyse_flow
+
+    flow = perturbed_flow(_config(8, 4), std=0.08, seed=2)
+    z, y = _latents(4, 8, 4, seed=6), torch.tensor([0, 1, -1, 2])
+    settings = Settings(batch=2)
+    first = analyse_flow(flow, z, y, settings)
+    computed = []
+    second = analyse_flow(flow, z, y, settings, done={0: first[:2]}, on_batch=lambda start, _: computed.append(start))
+    assert computed == [2] and second[:2] == first[:2]
+    assert [r["sigma_min"] for r in second[2:]] == pytest.approx([r["sigma_min"] for r in first[2:]], rel=1e-10)

@@ -24,7 +24,7 @@ def certify(
     op: JacobianOperator, est: SpectrumEstimate, rtol: float = 1e-6, det_atol: float = 1e-6
 ) -> dict[str, Tensor]:
     """Per-sample certificate values and boolean checks (``checks_passed`` ANDs them)."""
-    everyone = torch.arange(op.batch)
+    everyone = torch.arange(op.batch, device=op.device)
     logdet = op.logabsdet().to(torch.float64)
     geomean = (logdet / op.dim).exp()
     out: dict[str, Tensor] = {

@@ -69,11 +69,11 @@ def estimate_fast(
     far more accurate than ``tol``.
     """
     t0 = time.perf_counter()
-    top = lanczos_top(op.normal, start_vectors(seeds, op.dim), tol=tol, max_iter=max_iter)
-    inv = lanczos_top(op.inverse_normal, start_vectors(seeds + 1, op.dim), tol=tol, max_iter=max_iter)
+    top = lanczos_top(op.normal, start_vectors(seeds, op.dim, op.device), tol=tol, max_iter=max_iter)
+    inv = lanczos_top(op.inverse_normal, start_vectors(seeds + 1, op.dim, op.device), tol=tol, max_iter=max_iter)
     products = op.products()
     seconds = time.perf_counter() - t0
-    everyone = torch.arange(op.batch)
+    everyone = torch.arange(op.batch, device=op.device)
     # The right singular vector of J for σmin is J⁻¹ applied to the top one of J⁻¹.
     v_min = _unit(op.solve(inv.vector, everyone))
     return SpectrumEstimate(
@@ -105,11 +105,12 @@ def estimate_paper(
     when its products reach ``max_products`` and is reported as not converged.
     """
     t0 = time.perf_counter()
-    top = power_iteration(op.normal, start_vectors(seeds, op.dim), tol=tol, max_iter=max_iter)
+    top = power_iteration(op.normal, start_vectors(seeds, op.dim, op.device), tol=tol, max_iter=max_iter)
     alpha = shift * top.value
     left = lambda idx: (max_products - op.products()["total"][idx]) // 2  # noqa: E731 (JᵀJ = 2 products)
     bottom = inverse_iteration(
-        op.normal, start_vectors(seeds + 1, op.dim), alpha, tol=tol, max_iter=max_iter, cg_tol=cg_tol, budget=left
+        op.normal, start_vectors(seeds + 1, op.dim, op.device), alpha,
+        tol=tol, max_iter=max_iter, cg_tol=cg_tol, budget=left,
     )
     return SpectrumEstimate(
         sigma_max=top.value.sqrt(),

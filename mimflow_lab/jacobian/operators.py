@@ -21,7 +21,7 @@ class JacobianOperator:
     dim: int
 
     def __init__(self, batch: int, dim: int, device: torch.device | str = "cpu") -> None:
-        self.batch, self.dim = batch, dim
+        self.batch, self.dim, self.device = batch, dim, torch.device(device)
         self.counts = {k: torch.zeros(batch, dtype=torch.long, device=device) for k in KINDS}
 
     def products(self) -> dict[str, Tensor]:
