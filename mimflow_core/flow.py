@@ -107,9 +107,12 @@ class FlowBlock(nn.Module):
         out = (x_perm - mu) * torch.exp(-log_scale)
         return self.permute(out), -log_scale.flatten(1).sum(1)
 
-    @torch.no_grad()
     def reverse(self, out: torch.Tensor, y: torch.Tensor | None = None, cfg: float = 1.0) -> torch.Tensor:
-        """Invert :meth:`forward` token by token, reusing keys/values of earlier tokens (KV cache)."""
+        """Invert :meth:`forward` token by token, reusing keys/values of earlier tokens (KV cache).
+
+        Differentiable (the Jacobian analysis records it to get exact inverse
+        products); :meth:`LatentFlow.reverse` runs it without gradients.
+        """
         out_perm = self.permute(out)
         B, K, _ = out_perm.shape
         guided = cfg != 1.0 and self.conditional and y is not None

@@ -147,12 +147,6 @@ class _Linearisation:
         return torch.autograd.grad(self.out, self.x, u, retain_graph=True)[0]
 
 
-def _inverse_of(block) -> callable:
-    """The block's KV-cached inverse without its ``no_grad`` decorator, so autograd can record it."""
-    reverse = type(block).reverse
-    return getattr(reverse, "__wrapped__", reverse).__get__(block)
-
-
 class FlowJacobian(JacobianOperator):
     """Jacobian of a latent flow (its first ``num_blocks`` blocks) at latents z (B, K, D).
 
@@ -189,7 +183,7 @@ class FlowJacobian(JacobianOperator):
 
     def apply_inverse(self, eps: Tensor, y: Tensor) -> Tensor:
         for block in reversed(self.blocks):
-            eps = _inverse_of(block)(eps, y)
+            eps = block.reverse(eps, y)
         return eps
 
     def logabsdet(self) -> Tensor:
