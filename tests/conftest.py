@@ -1,18 +1,9 @@
-"""Shared test fixtures: small flows with non-trivial (randomised) affine outputs."""
+"""Shared test fixtures: model configs small enough for exact Jacobians."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from mimflow_core.config import ModelConfig, get_preset
-
-
-def randomise_outputs(flow: torch.nn.Module, std: float = 0.05, generator: torch.Generator | None = None) -> None:
-    """A new flow is the identity (zero-init outputs); give every block's output projection random weights."""
-    for block in flow.blocks:
-        with torch.no_grad():
-            block.proj_out.weight.normal_(0.0, std, generator=generator)
-            block.proj_out.bias.normal_(0.0, std, generator=generator)
 
 
 @pytest.fixture

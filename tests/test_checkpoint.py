@@ -12,7 +12,7 @@ from mimflow_core.checkpoint import FORMAT, save_checkpoint
 from mimflow_core.errors import MIMFlowError
 from mimflow_core.model import MIMFlow
 from mimflow_lab import load_model
-from tests.conftest import randomise_outputs
+from mimflow_lab.jacobian.synthetic import randomise_outputs
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from torch.func import jacrev, jvp, vjp
 
 from mimflow_core.flow import LatentFlow
 from mimflow_core.layers import math_attention
-from tests.conftest import randomise_outputs
+from mimflow_lab.jacobian.synthetic import randomise_outputs
 
 
 def _flow(config, seed: int = 0) -> LatentFlow:

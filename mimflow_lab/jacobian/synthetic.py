@@ -41,19 +41,24 @@ def kahan_matrix(n: int, theta: float = 1.2, perturbation: float = 25.0) -> Tens
     return m + torch.diag(perturbation * torch.finfo(torch.float64).eps * (n - i) * scale)
 
 
-def perturbed_flow(config, std: float, seed: int = 0):
-    """A float64 LatentFlow whose zero-initialised output projections get N(0, std²) weights.
+def randomise_outputs(flow, std: float = 0.05, generator: torch.Generator | None = None) -> None:
+    """Give every block's zero-initialised output projection N(0, std²) weights and biases, in place.
 
     A new flow is the identity (κ = 1); random output projections give it
     data-dependent shifts and scales, and ``std`` sets how ill-conditioned it
     gets (for the small test flows, std 0.05–0.1 gives κ ≈ 10–1000).
     """
+    with torch.no_grad():
+        for block in flow.blocks:
+            for p in (block.proj_out.weight, block.proj_out.bias):
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
+
+
+def perturbed_flow(config, std: float, seed: int = 0):
+    """A float64, eval-mode LatentFlow with randomised output projections (see :func:`randomise_outputs`)."""
     from mimflow_core.flow import LatentFlow
 
     torch.manual_seed(seed)
     flow = LatentFlow(config).double().eval().requires_grad_(False)
-    g = torch.Generator().manual_seed(seed)
-    for block in flow.blocks:
-        block.proj_out.weight.copy_(torch.randn(block.proj_out.weight.shape, generator=g) * std)
-        block.proj_out.bias.copy_(torch.randn(block.proj_out.bias.shape, generator=g) * std)
+    randomise_outputs(flow, std, torch.Generator().manual_seed(seed))
     return flow
