@@ -424,6 +424,7 @@ class Trainer:
             self.optimizer.load_state_dict(r["optimizer"])
             if self.disc is not None:
                 self.disc_optimizer.load_state_dict(r["disc_optimizer"])
+        self._resume_state = None  # only the stage a run resumes in has saved optimizer state
 
     def _ddp(self, module: nn.Module) -> nn.Module:
         if self.procs.world == 1:
