@@ -1,14 +1,17 @@
 """``mimflow-lab evaluate`` and ``ref-stats`` on real images and real Inception weights, and their bad input."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from mimflow_lab.cli import main
-from tests.test_metrics import brute_force_precision_recall, numpy_inception_score
+from tests.test_metrics import brute_force_precision_recall, exact_frechet, numpy_inception_score
 from tests.test_metrics_inception import foolbox_images, torchscript_or_skip, write_pth_with_classifier
 
 N_REF, N_SAMPLES = 8, 6
@@ -36,22 +39,10 @@ def pth_metrics(batches, tmp_path_factory):
 
 def run_cli(argv: list[str]) -> list[str]:
     """Run the CLI in-process; its stdout lines."""
-    import contextlib
-    import io
-
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         main(argv)
     return stdout.getvalue().splitlines()
-
-
-def exact_frechet(x1: np.ndarray, x2: np.ndarray) -> float:
-    """FID from raw features, exact at any rank: tr sqrt(S1 S2) = nuclear norm of X1c X2c^T / sqrt((n1-1)(n2-1))."""
-    x1, x2 = x1.astype(np.float64), x2.astype(np.float64)
-    c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
-    trace_sqrt = np.linalg.svd(c1 @ c2.T, compute_uv=False).sum() / np.sqrt((len(x1) - 1) * (len(x2) - 1))
-    diff = x1.mean(0) - x2.mean(0)
-    return float(diff @ diff + (c1 * c1).sum() / (len(x1) - 1) + (c2 * c2).sum() / (len(x2) - 1) - 2 * trace_sqrt)
 
 
 def test_evaluate_equals_torch_fidelity_features_with_exact_metrics(batches, pth_metrics):
@@ -64,7 +55,8 @@ def test_evaluate_equals_torch_fidelity_features_with_exact_metrics(batches, pth
     features = {}
     for name in ("ref", "samples"):
         with np.load(batches / f"{name}.npz") as data, torch.no_grad():
-            features[name] = [t.double().numpy() for t in extractor(torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2))]
+            images = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2)
+            features[name] = [t.double().numpy() for t in extractor(images)]
     (ref_pool, _), (pool, logits) = features["ref"], features["samples"]
     assert metrics["fid"] == pytest.approx(exact_frechet(pool, ref_pool), rel=1e-6)
     assert metrics["inception_score"] == pytest.approx(numpy_inception_score(logits), rel=1e-5)
@@ -107,7 +99,7 @@ def test_bad_batches_exit_2_with_one_line(tmp_path, capsys, content, message):
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
     assert err.count("\n") == 0 and "bad.npz" in err
-    assert __import__("re").search(message, err)
+    assert re.search(message, err)
 
 
 def test_missing_weights_file_exits_2(tmp_path, capsys):

@@ -11,7 +11,8 @@ from mimflow_lab.commands.evaluate import INCEPTION_HELP, warnings_as_lines
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--samples", default=50_000, show_default=True, help="Number of samples (with --rfid: at most this many images).")
+@click.option("--samples", default=50_000, show_default=True,
+              help="Number of samples (with --rfid: at most this many dataset images).")
 @click.option("--ref", "reference", type=click.Path(dir_okay=False), default=None,
               help="ADM reference batch (.npz; see `mimflow-lab ref-stats`). Optional with --rfid.")
 @click.option("--cfg", default=1.0, show_default=True, help="Guidance scale s in the deep flow block (1 = none).")
@@ -62,7 +63,7 @@ def fid(checkpoint: str, samples: int, reference: str | None, cfg: float, batch:
 
             dataset = load_dataset(rfid, model.config.image_size, split)
             total = min(samples, len(dataset))
-        run = {"checkpoint": str(checkpoint), "checkpoint_sha256": info.sha256, "weights": info.weights,
+        run = {"checkpoint_sha256": info.sha256, "weights": info.weights,
                "mode": "reconstruction" if rfid else "generation", "samples": total, "batch": batch,
                "cfg": None if rfid else cfg, "seed": None if rfid else seed, "rfid_data": rfid,
                "split": split if rfid else None, "inception_weights": str(source.path),

@@ -21,7 +21,7 @@ import torch
 from mimflow_core.errors import MIMFlowError
 
 K_NEAREST = 3
-CHUNK = 4096  # rows x columns per distance block: 64 MB in float32; smaller blocks skip more of the symmetric self-distances
+CHUNK = 4096  # rows = columns of a distance block (64 MB in float32); smaller blocks skip more symmetric work
 
 
 def squared_distances(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
