@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +49,15 @@ def random_checkpoint(path: Path, preset: str) -> str:
 
 def sklearn_probe(train_x, train_y, test_x, test_y, settings: ProbeSettings) -> float:
     """The probe protocol with scikit-learn: per seed, pick C on the validation split, refit, score."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     def fit(x, y, weight_decay):
         scaler = StandardScaler().fit(x)
-        clf = LogisticRegression(C=1.0 / (weight_decay * len(y)), max_iter=1000).fit(scaler.transform(x), y)
+        with warnings.catch_warnings():  # weakly regularised fits may stop at max_iter, as ours may
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf = LogisticRegression(C=1.0 / (weight_decay * len(y)), max_iter=1000).fit(scaler.transform(x), y)
         return lambda z: clf.predict(scaler.transform(z))
 
     grid = sorted(settings.weight_decays)
@@ -76,7 +80,8 @@ def naive(ckpt: str, data: str, depths: list[str], ratios: list[float], max_trai
         for name in depths:
             feats = {}
             for s, ds in splits.items():  # a full forward pass for this depth alone
-                fs = FeatureSettings(data=data, split=s, mask_ratio=r, max_samples=max_train if s == "train" else None)
+                fs = FeatureSettings(data=data, split=s, mask_ratio=r, layers="." in name,
+                                     max_samples=max_train if s == "train" else None)
                 feats[s] = extract_features(model, ds, info.sha256, fs, cache=None, device=device, progress=False)
             out[(r, name)] = sklearn_probe(feats["train"][name], feats["train"]["labels"], feats["test"][name],
                                            feats["test"]["labels"], settings)
@@ -90,6 +95,7 @@ def main() -> None:
     ap.add_argument("--data", default="digits")
     ap.add_argument("--mask-ratios", default="0,0.25,0.5,0.75")
     ap.add_argument("--max-train", type=int, default=None, help="class-balanced training subset")
+    ap.add_argument("--layers", action="store_true", help="also every transformer layer of the deep block")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", help="write the measurements here")
     args = ap.parse_args()
@@ -98,14 +104,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or random_checkpoint(Path(tmp) / "random.pt", args.preset)
         model, info = load_model(ckpt)
-        depths = parse_depths("all", info.config)
+        depths = parse_depths("all", info.config, layers=args.layers)
         start = time.perf_counter()
-        ours = probe_checkpoints([ckpt], depths="all", mask_ratios=ratios, data=args.data, max_train=args.max_train,
-                                 cache=Path(tmp) / "cache", device=args.device, settings=settings, progress=False)
+        run = dict(depths=depths, mask_ratios=ratios, data=args.data, max_train=args.max_train,
+                   cache=Path(tmp) / "cache", device=args.device, settings=settings, progress=False)
+        ours = probe_checkpoints([ckpt], **run)
         t_ours = time.perf_counter() - start
         start = time.perf_counter()
-        probe_checkpoints([ckpt], depths="all", mask_ratios=ratios, data=args.data, max_train=args.max_train,
-                          cache=Path(tmp) / "cache", device=args.device, settings=settings, progress=False)
+        probe_checkpoints([ckpt], **run)
         t_warm = time.perf_counter() - start
         start = time.perf_counter()
         theirs = naive(ckpt, args.data, depths, ratios, args.max_train, settings, args.device)

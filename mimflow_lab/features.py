@@ -32,7 +32,7 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -277,11 +277,15 @@ def extract_features(model: nn.Module, dataset, checkpoint_sha256: str, settings
     slices = shard_slices(indices.size, settings.shard_size)
     folder = None if cache is None else cache_dir(cache, checkpoint_sha256, settings)
     merged = None if folder is None else folder / "features.npz"
-    if merged is not None and (done := _load_npz(merged)) is not None:
-        return done
+    if cache is not None:
+        # an entry with the deep-block layers holds every depth of one without them
+        for candidate in [settings] + ([] if settings.layers else [replace(settings, layers=True)]):
+            if (done := _load_npz(cache_dir(cache, checkpoint_sha256, candidate) / "features.npz")) is not None:
+                return done
     rank, world = dist_info()
+    # shards are written atomically, so an existing file is a finished one
     todo = [s for s in my_shards(len(slices), rank, world)
-            if folder is None or _load_npz(folder / f"shard_{s:06d}.npz") is None]
+            if folder is None or not (folder / f"shard_{s:06d}.npz").is_file()]
     results: dict[int, dict[str, np.ndarray]] = {}
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,11 @@ cross-entropy and an L2 penalty ``weight_decay / 2 * ||W||^2`` on the weights.
 
 The weight decay is chosen from a small grid on a validation split carved
 from the training set (stratified, ``val_fraction``), never on the test set;
-the probe is then refit on the whole training set with the chosen value and
-scored top-1 on the held-out set. This repeats for each seed (the seed draws
-the validation split, the initialisation and the minibatch order), and the
-result reports mean and sample standard deviation (ddof = 1) over seeds.
+the probe is then refit on the whole training set with the chosen value
+(starting from the sweep's solution) and scored top-1 on the held-out set.
+This repeats for each seed (the seed draws the validation split and the
+minibatch order; heads start at zero), and the result reports mean and
+sample standard deviation (ddof = 1) over seeds.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class ProbeSettings:
     seeds: tuple[int, ...] = SEEDS
     val_fraction: float = 0.1
     full_batch_max: int = 2**26  # L-BFGS full-batch while n_train * max(dim, classes) stays below this
-    lbfgs_max_iter: int = 300
+    lbfgs_max_iter: int = 1000
     lbfgs_tolerance: float = 1e-4  # on the largest gradient entry, as scikit-learn's LogisticRegression
     sgd_epochs: int = 30
     sgd_batch_size: int = 1024
@@ -130,11 +131,13 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 @dataclass(frozen=True)
 class Problem:
-    """One probe to fit: which training rows, which weight decay, which seed (minibatch order)."""
+    """One probe to fit: which training rows, which weight decay, which seed (minibatch order),
+    and optionally a probe to start from (a refit starts from the sweep's solution)."""
 
     rows: torch.Tensor
     weight_decay: float
     seed: int
+    start: LinearProbe | None = None
 
 
 def fit_probes(x: torch.Tensor, y: torch.Tensor, num_classes: int, problems: Sequence[Problem],
@@ -149,8 +152,7 @@ def fit_probes(x: torch.Tensor, y: torch.Tensor, num_classes: int, problems: Seq
     n, dim = x.shape
     per_problem = n * max(dim, num_classes)
     if per_problem > settings.full_batch_max:
-        return [_fit_sgd(x[p.rows], y[p.rows], num_classes, p.weight_decay, p.seed, settings)
-                for p in problems], "sgd"
+        return [_fit_sgd(x[p.rows], y[p.rows], num_classes, p, settings) for p in problems], "sgd"
     chunk = max(1, settings.full_batch_max // per_problem)
     probes = []
     for i in range(0, len(problems), chunk):
@@ -190,12 +192,16 @@ def _fit_full_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, problems
         loss = (ce * w).sum(0) + 0.5 * decay[rows] * W.pow(2).sum((1, 2))
         dlogits = (exp / total[:, :, None] - onehot) * w[:, :, None]  # d loss / d logits
         grad_b = dlogits.sum(0)
-        grad_scaled = (x.T @ dlogits.reshape(n, a * C)).view(dim, a, C).permute(1, 0, 2) - mu[:, :, None] * grad_b[:, None]
+        grad_scaled = (x.T @ dlogits.reshape(n, a * C)).view(dim, a, C).permute(1, 0, 2)
+        grad_scaled -= mu[:, :, None] * grad_b[:, None]
         grad_W = grad_scaled * isd[:, :, None] + decay[rows, None, None] * W
         return loss, torch.cat([grad_W.reshape(a, dim * C), grad_b], 1)
 
-    theta = batched_lbfgs(objective, torch.zeros(G, dim * C + C, device=x.device),
-                          max_iter=settings.lbfgs_max_iter, tol=settings.lbfgs_tolerance)
+    theta = torch.zeros(G, dim * C + C, device=x.device)
+    for g, p in enumerate(problems):
+        if p.start is not None:
+            theta[g] = torch.cat([p.start.head.weight.detach().T.flatten(), p.start.head.bias.detach()])
+    theta = batched_lbfgs(objective, theta, max_iter=settings.lbfgs_max_iter, tol=settings.lbfgs_tolerance)
     probes = []
     for g in range(G):
         probe = LinearProbe(dim, C).to(x.device)
@@ -282,10 +288,13 @@ def _wolfe_steps(objective, theta: torch.Tensor, d: torch.Tensor, loss: torch.Te
     return step, new_loss, new_grad
 
 
-def _fit_sgd(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, seed: int,
+def _fit_sgd(x: torch.Tensor, y: torch.Tensor, num_classes: int, problem: Problem,
              settings: ProbeSettings) -> LinearProbe:
     """Minibatch SGD (momentum 0.9, cosine schedule); BatchNorm on batch statistics, as in MAE."""
+    weight_decay, seed = problem.weight_decay, problem.seed
     probe = LinearProbe(x.shape[1], num_classes).to(x.device).train()
+    if problem.start is not None:
+        probe.head.load_state_dict(problem.start.head.state_dict())
     opt = torch.optim.SGD([
         {"params": [probe.head.weight], "weight_decay": weight_decay},  # the same L2 term as the L-BFGS path
         {"params": [probe.head.bias], "weight_decay": 0.0},
@@ -344,8 +353,9 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     best = val.argmax(1)  # ties go to the smallest weight decay
     # 2) refit on the whole training set with each seed's choice, score on the test set
     everything = torch.arange(len(ytr), device=dev)
-    final, _ = fit_probes(xtr, ytr, num_classes,
-                          [Problem(everything, grid[j], seed) for j, seed in zip(best, settings.seeds)], settings)
+    refits = [Problem(everything, grid[j], seed, start=probes[k * len(grid) + j])
+              for k, (j, seed) in enumerate(zip(best, settings.seeds))]
+    final, _ = fit_probes(xtr, ytr, num_classes, refits, settings)
     accs = [accuracy(p, xte, yte) for p in final]
     return ProbeResult(
         accuracy_mean=float(np.mean(accs)),

@@ -13,7 +13,7 @@ from mimflow_core.errors import MIMFlowError
 from mimflow_core.model import MIMFlow
 from mimflow_lab import features as F
 from mimflow_lab import load_model
-from tests.conftest import randomise_outputs
+from mimflow_lab.jacobian.synthetic import randomise_outputs
 
 MICRO = dict(image_size=16, patch_size=4, enc_depth=1, enc_width=32, enc_heads=2, num_tokens=8, latent_dim=4,
              flow_blocks=(1, 1, 2), flow_width=32, flow_heads=2, dec_depth=1, dec_width=32, dec_heads=2)
@@ -131,6 +131,11 @@ def test_cache_equals_recomputed_and_resumes(ckpt, digits_test, tmp_path, monkey
     assert len(calls) == 3  # only the missing shards
     cached = F.extract_features(model, digits_test, info.sha256, settings, cache=tmp_path, progress=False)
     assert len(calls) == 3  # served from features.npz
+    without_layers = F.extract_features(model, digits_test, info.sha256,
+                                        F.FeatureSettings(split="test", mask_ratio=0.5, shard_size=64),
+                                        cache=tmp_path, progress=False)
+    assert len(calls) == 3  # an entry with the deep-block layers serves a request without them
+    np.testing.assert_array_equal(without_layers["2"], fresh["2"])
     for name in fresh:
         np.testing.assert_array_equal(resumed[name], fresh[name])
         np.testing.assert_array_equal(cached[name], fresh[name])

@@ -4,8 +4,10 @@ Also holds the options and process setup shared by ``probe`` and ``umap``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from typing import Iterator
 
 import click
 
@@ -29,7 +31,8 @@ def _add_feature_options(command, pool_default: str):
         click.option("--shard-size", type=int, default=256, show_default=True,
                      help="Images per forward pass and cache shard (part of the cache key: it fixes the masks)."),
         click.option("--cache", default=None, type=click.Path(file_okay=False),
-                     help="Feature cache directory [default: $MIMFLOW_CACHE/features or ~/.cache/mimflow-lab/features]."),
+                     help="Feature cache directory "
+                          "[default: $MIMFLOW_CACHE/features or ~/.cache/mimflow-lab/features]."),
         click.option("--no-cache", is_flag=True, help="Compute features in memory, write no cache."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--num-workers", type=int, default=0, show_default=True, help="DataLoader workers."),
@@ -56,8 +59,9 @@ def parse_ratios(text: str) -> list[float]:
     return ratios
 
 
-def start_processes(device: str) -> str:
-    """Resolve ``auto`` and, under ``torchrun``, join the process group (NCCL on GPUs, Gloo on CPUs).
+@contextlib.contextmanager
+def processes(device: str) -> Iterator[str]:
+    """Resolve ``auto``; under ``torchrun`` join the process group (NCCL on GPUs, Gloo on CPUs) and leave it after.
 
     Each rank then computes its share of the feature shards; see
     :func:`mimflow_lab.features.extract_features`.
@@ -67,14 +71,18 @@ def start_processes(device: str) -> str:
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not dist.is_torchelastic_launched() or dist.is_initialized():
-        return device
-    if device.startswith("cuda"):
-        local_rank = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return device
+    joined = dist.is_torchelastic_launched() and not dist.is_initialized()
+    if joined:
+        if device.startswith("cuda"):
+            local_rank = int(os.environ["LOCAL_RANK"])
+            torch.cuda.set_device(local_rank)
+            device = f"cuda:{local_rank}"
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield device
+    finally:
+        if joined:
+            dist.destroy_process_group()
 
 
 @click.command()
@@ -93,10 +101,10 @@ def features(checkpoint, depths, layers, mask_ratio, split, max_samples, out, da
     """Export CHECKPOINT's features: one (n, dim) array per depth, plus labels, split and index."""
     from mimflow_lab.features import export_features
 
-    device = start_processes(device)
-    path = export_features(checkpoint, out, depths=depths, layers=layers, mask_ratio=mask_ratio,
-                           splits=(split,) if split else ("train", "test"), max_samples=max_samples, data=data,
-                           pool=pool, weights=weights, seed=seed, shard_size=shard_size,
-                           cache=None if no_cache else cache, device=device, num_workers=num_workers)
+    with processes(device) as device:
+        path = export_features(checkpoint, out, depths=depths, layers=layers, mask_ratio=mask_ratio,
+                               splits=(split,) if split else ("train", "test"), max_samples=max_samples,
+                               data=data, pool=pool, weights=weights, seed=seed, shard_size=shard_size,
+                               cache=None if no_cache else cache, device=device, num_workers=num_workers)
     if path is not None:
         click.echo(f"wrote {path}")

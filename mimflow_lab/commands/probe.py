@@ -24,19 +24,20 @@ from mimflow_lab.commands.features import common_feature_options, parse_ratios
 def probe(checkpoints, depths, layers, mask_ratios, max_train, pixel_baseline, seeds, out, data, pool, weights,
           seed, shard_size, cache, no_cache, device, num_workers) -> None:
     """Linear-probe top-1 accuracy of CHECKPOINTS' features at every depth (mean ± std over seeds)."""
-    from mimflow_lab.commands.features import start_processes
+    from mimflow_lab.commands.features import processes
     from mimflow_lab.probe import ProbeSettings, probe_checkpoints, write_probe_results
 
-    device = start_processes(device)
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
     except ValueError:
         raise click.BadParameter(f"{seeds!r}: expected comma-separated integers", param_hint="--seeds") from None
-    result = probe_checkpoints(
-        checkpoints, depths=depths, mask_ratios=parse_ratios(mask_ratios), data=data, layers=layers, pool=pool,
-        weights=weights, seed=seed, shard_size=shard_size, max_train=max_train, pixel_baseline=pixel_baseline,
-        cache=None if no_cache else cache, device=device, num_workers=num_workers,
-        settings=ProbeSettings(seeds=seed_list, device=str(device)))
+    ratios = parse_ratios(mask_ratios)
+    with processes(device) as device:
+        result = probe_checkpoints(
+            checkpoints, depths=depths, mask_ratios=ratios, data=data, layers=layers, pool=pool,
+            weights=weights, seed=seed, shard_size=shard_size, max_train=max_train, pixel_baseline=pixel_baseline,
+            cache=None if no_cache else cache, device=device, num_workers=num_workers,
+            settings=ProbeSettings(seeds=seed_list, device=str(device)))
     if result is None:  # not rank 0
         return
     files = write_probe_results(result, out)

@@ -27,15 +27,15 @@ from mimflow_lab.commands.features import common_feature_options
 def umap(checkpoint, compare, what, samples, classes, split, mask_ratio, neighbors, min_dist, knn_k, out, data,
          pool, weights, seed, shard_size, cache, no_cache, device, num_workers) -> None:
     """UMAP of CHECKPOINT's latent space (and --compare ones), colour = class, with kNN accuracy and trustworthiness."""
-    from mimflow_lab.commands.features import start_processes
+    from mimflow_lab.commands.features import processes
     from mimflow_lab.umap_analysis import umap_compare, write_umap_results
 
-    device = start_processes(device)
     panels = [checkpoint, *compare]  # (a) the first, e.g. the reference, (b) ... as given
-    done = umap_compare(panels, what=what, samples=samples, classes=classes, data=data, split=split,
-                        mask_ratio=mask_ratio, pool=pool, weights=weights, seed=seed, shard_size=shard_size,
-                        n_neighbors=neighbors, min_dist=min_dist, knn_k=knn_k,
-                        cache=None if no_cache else cache, device=device, num_workers=num_workers)
+    with processes(device) as device:
+        done = umap_compare(panels, what=what, samples=samples, classes=classes, data=data, split=split,
+                            mask_ratio=mask_ratio, pool=pool, weights=weights, seed=seed, shard_size=shard_size,
+                            n_neighbors=neighbors, min_dist=min_dist, knn_k=knn_k,
+                            cache=None if no_cache else cache, device=device, num_workers=num_workers)
     if done is None:  # not rank 0
         return
     files = write_umap_results(*done, out)
