@@ -10,7 +10,7 @@ from mimflow_lab.commands.evaluate import INCEPTION_HELP, warnings_as_lines
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
 @click.option("--samples", default=50_000, show_default=True,
               help="Number of samples (with --rfid: at most this many dataset images).")
 @click.option("--ref", "reference", type=click.Path(dir_okay=False), default=None,
@@ -30,14 +30,15 @@ from mimflow_lab.commands.evaluate import INCEPTION_HELP, warnings_as_lines
               help="Checkpoint weights to use.")
 @click.option("--inception", "inception_path", type=click.Path(dir_okay=False), default=None, help=INCEPTION_HELP)
 @click.option("--device", default=None, help="torch device (default: cuda:LOCAL_RANK when available, else cpu).")
-def fid(checkpoint: str, samples: int, reference: str | None, cfg: float, batch: int, seed: int,
+def fid(checkpoint: str | None, samples: int, reference: str | None, cfg: float, batch: int, seed: int,
         save_npz: str | None, out: str, rfid: str | None, split: str, weights: str, inception_path: str | None,
         device: str | None) -> None:
     """IS, FID, sFID, precision and recall of CHECKPOINT's class-balanced samples against --ref.
 
     Run under `torchrun --nproc_per_node N` to share the work: the numbers
     do not depend on N. After a crash, the same command resumes from the
-    shards in --out.
+    shards in --out. Without CHECKPOINT: $MIMFLOW_CHECKPOINT, else the newest
+    checkpoint of the newest run under runs/.
     """
     from mimflow_core.atomic import write_json
     from mimflow_core.errors import MIMFlowError
@@ -46,6 +47,9 @@ def fid(checkpoint: str, samples: int, reference: str | None, cfg: float, batch:
     from mimflow_lab.metrics.npz import open_images, read_reference_stats
     from mimflow_lab.sampling import ShardPlan, distributed_process, run_shards
 
+    from mimflow_lab.defaults import resolve_checkpoints
+
+    (checkpoint,) = resolve_checkpoints([checkpoint] if checkpoint else [])
     if reference is None and rfid is None:
         raise MIMFlowError("--ref: required (an ADM reference batch; build one with `mimflow-lab ref-stats`)")
     if samples < 2 or batch < 1:

@@ -7,7 +7,7 @@ from mimflow_lab.commands.features import common_feature_options, parse_ratios
 
 
 @click.command()
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("checkpoints", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--depths", default="all", show_default=True,
               help="'all' (encoder, latent, every flow block) or a comma list such as encoder,latent,0,3,7; "
                    "deep-block layers are named B.L (block B, layer L).")
@@ -23,8 +23,12 @@ from mimflow_lab.commands.features import common_feature_options, parse_ratios
 @common_feature_options()
 def probe(checkpoints, depths, layers, mask_ratios, max_train, pixel_baseline, seeds, out, data, pool, weights,
           seed, shard_size, cache, no_cache, device, num_workers) -> None:
-    """Linear-probe top-1 accuracy of CHECKPOINTS' features at every depth (mean ± std over seeds)."""
+    """Linear-probe top-1 accuracy of CHECKPOINTS' features at every depth (mean ± std over seeds).
+
+    Without CHECKPOINTS: $MIMFLOW_CHECKPOINT, else the newest checkpoint of the newest run under runs/.
+    """
     from mimflow_lab.commands.features import processes
+    from mimflow_lab.defaults import resolve_checkpoints
     from mimflow_lab.probe import ProbeSettings, probe_checkpoints, write_probe_results
 
     try:
@@ -32,6 +36,7 @@ def probe(checkpoints, depths, layers, mask_ratios, max_train, pixel_baseline, s
     except ValueError:
         raise click.BadParameter(f"{seeds!r}: expected comma-separated integers", param_hint="--seeds") from None
     ratios = parse_ratios(mask_ratios)
+    checkpoints = resolve_checkpoints(checkpoints)
     with processes(device) as device:
         result = probe_checkpoints(
             checkpoints, depths=depths, mask_ratios=ratios, data=data, layers=layers, pool=pool,
