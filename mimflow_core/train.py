@@ -123,6 +123,7 @@ class TrainOptions:
     sigma: float | None = None         # latent noise (default: the preset's, 0.3)
     mim_weight: float = 1.0            # L2 weight of masked patches (Table 9)
     flow_weight: float = 1.0           # beta
+    flow_warmup_steps: int = 0         # ramp beta linearly from 0 over this many steps (KL annealing; 0 = off)
     aux: str | None = None             # default: "hog" for mimflow/e2e-nomask, "none" for starflow
     aux_weight: float = 1.0            # gamma
     perceptual_weight: float | None = None  # default: 1.1, or 0 on CPU presets without --lpips-backbone
@@ -320,13 +321,12 @@ class Trainer:
         resume_ckpt = self._resume_checkpoint(resume)
         init_ckpt = None
         if resume_ckpt is not None:
-            opts = merge_options(opts, explicit, resume_ckpt["train"]["options"], None, f"the run in {self.out}")
+            opts = merge_options(opts, explicit, resume_ckpt["train"], None, f"the run in {self.out}")
         elif opts.phase == 2:
             if not opts.init:
                 raise MIMFlowError("--phase 2 needs --init PATH (a phase-1 checkpoint)")
             init_ckpt = load_checkpoint(opts.init)
-            stored = init_ckpt["train"].get("options", {})
-            opts = merge_options(opts, explicit, stored, INHERITED_BY_PHASE2, f"the phase-1 run {opts.init}")
+            opts = merge_options(opts, explicit, init_ckpt["train"], INHERITED_BY_PHASE2, f"the phase-1 run {opts.init}")
             if Path(opts.init).resolve().parent == self.out.resolve():
                 raise MIMFlowError(f"--out {self.out}: would overwrite the phase-1 checkpoint {opts.init}; "
                                    "choose another directory")
@@ -365,7 +365,8 @@ class Trainer:
         self.disc = PatchDiscriminator(config).to(self.device) if opts.phase == 2 and opts.gan_weight > 0 else None
         self.stages = plan_stages(opts, self.model.aux_head is not None)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.train_info = {**dataclasses.asdict(opts), "options": dataclasses.asdict(opts),
+        # every TrainOptions field (what --resume and phase 2 read back), plus what analyses label models by
+        self.train_info = {**dataclasses.asdict(opts),
                            "num_tokens": config.num_tokens, "noise_sigma": config.noise_sigma,
                            "world_size": procs.world, "aux_names": self.aux_targets.names if self.aux_targets else [],
                            "phase1": init_ckpt["train"] if init_ckpt is not None else None}
@@ -389,7 +390,7 @@ class Trainer:
         if not self.ckpt_path.exists():
             raise MIMFlowError(f"--resume: no checkpoint {self.ckpt_path} to continue")
         ckpt = load_checkpoint(self.ckpt_path)
-        if "resume" not in ckpt or "options" not in ckpt.get("train", {}):
+        if "resume" not in ckpt or "mask_ratio" not in ckpt.get("train", {}):
             raise MIMFlowError(f"{self.ckpt_path}: has no resume state (not written by this trainer)")
         return ckpt
 
@@ -463,7 +464,9 @@ class Trainer:
                     total = total + opts.perceptual_weight * perc
                     logs["lpips"] = perc.item()
             if "nll" in out:
-                total = total + opts.flow_weight * out["nll"]["loss"]
+                beta = self._flow_weight()
+                total = total + beta * out["nll"]["loss"]
+                logs["beta"] = beta
                 logs["nll"] = out["nll"]["loss"].item()
                 logs["bpd"] = out["nll"]["bpd"].mean().item()
             if "aux" in out:
@@ -496,6 +499,15 @@ class Trainer:
         self.disc_optimizer.zero_grad(set_to_none=True)
         return {"gan_d": d_loss.item(), "disc_grad_norm": float(norm),
                 "disc_real": real.mean().item(), "disc_fake": fake.mean().item()}
+
+    def _flow_weight(self) -> float:
+        """beta, ramped up from 0 over ``flow_warmup_steps`` so a young autoencoder is not collapsed by the prior.
+
+        The flow stage of the starflow baseline trains the flow alone, where the ramp has no purpose.
+        """
+        if not self.opts.flow_warmup_steps or self.stage.name == "flow":
+            return self.opts.flow_weight
+        return self.opts.flow_weight * min(1.0, self.step / self.opts.flow_warmup_steps)
 
     def _set_lr(self) -> float:
         """Constant LR after an optional linear warm-up (counted from each stage's start)."""

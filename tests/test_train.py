@@ -54,10 +54,11 @@ def test_fifty_steps_every_loss_term_falls_and_outputs_are_written(phase1_run):
     assert grid.ndim == 3 and grid.std() > 1  # an actual image, not a blank canvas
 
 
-def test_resume_continues_exactly_across_an_epoch_boundary(tmp_path):
+def test_resume_continues_exactly_across_an_epoch_boundary_with_beta_warmup(tmp_path):
     rng = np.random.default_rng(0)  # 36 training images (10% held out), batch 8: 4 batches per epoch; flips on
     np.savez(tmp_path / "d.npz", rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 4)
-    common = dict(data=str(tmp_path / "d.npz"), batch_size=8, log_every=1, evaluate=False, aux="hog")
+    common = dict(data=str(tmp_path / "d.npz"), batch_size=8, log_every=1, evaluate=False, aux="hog",
+                  flow_warmup_steps=4)
     train(TrainOptions(out=str(tmp_path / "straight"), steps=7, **common))
     train(TrainOptions(out=str(tmp_path / "split"), steps=4, **common))
     train(TrainOptions(out=str(tmp_path / "split"), steps=7, **common), resume=True)
@@ -67,7 +68,9 @@ def test_resume_continues_exactly_across_an_epoch_boundary(tmp_path):
     sa, sb = a["resume"]["optimizer"]["state"], b["resume"]["optimizer"]["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
     assert (b["resume"]["epoch"], b["resume"]["batch_in_epoch"]) == (1, 3)
-    assert [r["step"] for r in _log(tmp_path / "split") if "loss" in r] == list(range(1, 8))
+    lines = [r for r in _log(tmp_path / "split") if "loss" in r]
+    assert [r["step"] for r in lines] == list(range(1, 8))
+    assert [r["beta"] for r in lines] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]  # --flow-warmup-steps 4
 
 
 def test_phase2_trains_only_the_decoder_and_discriminator(phase1_run, tmp_path):

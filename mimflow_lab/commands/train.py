@@ -40,6 +40,8 @@ from click.core import ParameterSource
 @click.option("--sigma", type=click.FloatRange(min=0), default=None, help="Latent noise scale [preset's, 0.3].")
 @click.option("--mim-weight", type=float, default=1.0, help="L2 weight of masked patches (Table 9).")
 @click.option("--flow-weight", type=float, default=1.0, help="beta: weight of the flow NLL.")
+@click.option("--flow-warmup-steps", type=click.IntRange(min=0), default=0,
+              help="Ramp beta linearly from 0 over N steps (KL annealing against early posterior collapse).")
 @click.option("--aux", default=None,
               help="Aux targets on masked patches: none | hog | ts:PATH[,size=224][,norm=imagenet|clip] | "
                    "hub:DIR:ENTRY[,weights=PATH], joined by + (e.g. ts:dino.pt+ts:clip.pt,norm=clip). "
