@@ -1,4 +1,4 @@
-"""Which checkpoint a command means when it is not named.
+"""Which checkpoint a command means when it is not named, and where caches live.
 
 ``mimflow-lab probe --depths all`` and ``mimflow-lab fid --samples 50000``
 work without a checkpoint argument when there is an obvious one: the file in
@@ -15,6 +15,8 @@ import click
 from mimflow_core.errors import MIMFlowError
 
 ENV_VAR = "MIMFLOW_CHECKPOINT"
+# Root of the on-disk caches (features per checkpoint, Inception features per reference batch).
+CACHE_ROOT = Path(os.environ.get("MIMFLOW_CACHE", "~/.cache/mimflow-lab")).expanduser()
 
 
 def default_checkpoint(runs: str | os.PathLike = "runs") -> Path:

@@ -44,12 +44,13 @@ from tqdm import tqdm
 from mimflow_core.atomic import atomic_open, write_json
 from mimflow_core.config import ModelConfig
 from mimflow_core.errors import MIMFlowError
+from mimflow_lab.defaults import CACHE_ROOT
 
 if TYPE_CHECKING:
     from mimflow_core.checkpoint import CheckpointInfo
 
 POOLS = ("mean", "flat")
-DEFAULT_CACHE = Path(os.environ.get("MIMFLOW_CACHE", "~/.cache/mimflow-lab")).expanduser() / "features"
+DEFAULT_CACHE = CACHE_ROOT / "features"
 CACHE_VERSION = 1
 
 

@@ -1,9 +1,16 @@
 """Shared test fixtures: model configs small enough for exact Jacobians."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from mimflow_core.config import ModelConfig, get_preset
+
+# Feature and reference caches of the whole test session (subprocesses included) go to a fresh directory,
+# never the user's ~/.cache.
+os.environ["MIMFLOW_CACHE"] = tempfile.mkdtemp(prefix="mimflow-test-cache-")
 
 
 @pytest.fixture

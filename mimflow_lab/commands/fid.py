@@ -126,7 +126,7 @@ def _merge_and_score(plan, reference, inception, source, out_dir: Path, device, 
     merged = merge_shards(plan, skip=("images",))
     samples = features_of(merged)
     if reference is not None:
-        ref_features = _reference_features(reference, inception, source, out_dir / "reference_features.npz")
+        ref_features = _reference_features(reference, inception, source)
     else:
         ref_features = features_of(merged, prefix="real_")
     metrics = adm_metrics(ref_features, samples, source, reference_stats, device)
@@ -140,12 +140,16 @@ def _merge_and_score(plan, reference, inception, source, out_dir: Path, device, 
     return metrics
 
 
-def _reference_features(reference: str, inception, source, cache: Path):
-    """Reference features, cached beside the shards so a resumed run does not recompute them.
+def _reference_features(reference: str, inception, source):
+    """Reference features, cached under $MIMFLOW_CACHE/reference so resumed runs and other models reuse them.
 
     The cache is keyed by the reference file's path, size and mtime and the weights file.
     """
+    import hashlib
+
     import numpy as np
+
+    from mimflow_lab.defaults import CACHE_ROOT
 
     from mimflow_lab.metrics import npz_features
     from mimflow_lab.metrics.features import Features
@@ -153,6 +157,7 @@ def _reference_features(reference: str, inception, source, cache: Path):
 
     stat = Path(reference).stat()
     key = f"{Path(reference).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{source.path}"
+    cache = CACHE_ROOT / "reference" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
     if cache.is_file():
         with np.load(cache) as data:
             if str(data["key"]) == key:
