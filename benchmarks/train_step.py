@@ -36,7 +36,8 @@ def run_case(name: str, batch_size: int, steps: int, device: str) -> dict:
     """Time ``steps`` train steps after 2 warm-up steps, in this process."""
     import torch
 
-    from mimflow_core.train import Processes, Trainer, TrainOptions
+    from mimflow_core.distributed import Process, resolve_device
+    from mimflow_core.train import Trainer, TrainOptions
 
     case = dict(CASES[name])
     patch_size = case.pop("patch_size", None)
@@ -49,7 +50,7 @@ def run_case(name: str, batch_size: int, steps: int, device: str) -> dict:
             from mimflow_core.hog import hog_dim
             return dataclasses.replace(config, patch_size=patch_size, aux_dim=hog_dim(patch_size))
 
-    procs = Processes.start(device)
+    procs = Process(0, 1, torch.device(resolve_device(device)))
     import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # torch + data loaded, no model yet
     with tempfile.TemporaryDirectory() as out:
         opts = TrainOptions(out=out, batch_size=batch_size, steps=steps + 2, evaluate=False, aux="hog",

@@ -6,7 +6,7 @@ it alone, so everything that changes a parameter shape lives here.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mimflow_core.errors import MIMFlowError
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
@@ -44,6 +42,7 @@ from mimflow_core.checkpoint import check_weights, load_checkpoint, save_checkpo
 from mimflow_core.config import ModelConfig, get_preset
 from mimflow_core.data import ImageDataset, load_dataset
 from mimflow_core.discriminator import PatchDiscriminator
+from mimflow_core.distributed import Process, distributed_process
 from mimflow_core.ema import EMA
 from mimflow_core.encoder import random_masking
 from mimflow_core.errors import MIMFlowError
@@ -184,52 +183,10 @@ def merge_options(given: TrainOptions, explicit: set[str], stored: dict, fields:
 
 
 # ---------------------------------------------------------------------------- processes and data
-@dataclass
-class Processes:
-    """This process's place in a torchrun job (world size 1 without torchrun)."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @classmethod
-    def start(cls, device: str) -> "Processes":
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if not dist.is_torchelastic_launched():
-            return cls(0, 1, torch.device(device))
-        local_rank = int(os.environ["LOCAL_RANK"])
-        if device == "cuda":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
-        return cls(dist.get_rank(), dist.get_world_size(), dev)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def mean(self, values: dict[str, float]) -> dict[str, float]:
-        if self.world == 1 or not values:
-            return values
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return dict(zip(keys, (t / self.world).tolist()))
-
-    def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 class ResumableSampler(Sampler[int]):
     """DistributedSampler (shuffled per epoch, no padding) that can start mid-epoch."""
 
-    def __init__(self, dataset: ImageDataset, procs: Processes, seed: int):
+    def __init__(self, dataset: ImageDataset, procs: Process, seed: int):
         self.inner = DistributedSampler(dataset, procs.world, procs.rank, shuffle=True, seed=seed, drop_last=True)
         self.start = 0
 
@@ -312,7 +269,7 @@ def adamw(params: list[nn.Parameter], opts: TrainOptions) -> torch.optim.AdamW:
 
 # ---------------------------------------------------------------------------- trainer
 class Trainer:
-    def __init__(self, opts: TrainOptions, procs: Processes, resume: bool = False,
+    def __init__(self, opts: TrainOptions, procs: Process, resume: bool = False,
                  explicit: set[str] | None = None):
         if explicit is None:  # called from Python: every option that differs from its default counts as given
             explicit = {f.name for f in dataclasses.fields(TrainOptions) if getattr(opts, f.name) != f.default}
@@ -447,7 +404,7 @@ class Trainer:
         return ratio, mask.to(self.device), noise.to(self.device), y.to(self.device)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        opts, stage = self.opts, self.stage
+        opts = self.opts
         images = images.to(self.device, non_blocking=True)
         ratio, mask, noise, y = self._draws(labels)
         logs: dict[str, float] = {"mask_ratio": ratio}
@@ -533,11 +490,11 @@ class Trainer:
         """Train to ``opts.steps``, checkpointing; then evaluate on held-out data (rank 0) and return that."""
         opts, procs = self.opts, self.procs
         started = time.time()
-        log = JsonlLog(self.out / "log.jsonl", self.step, enabled=procs.main)
-        if procs.main:
+        log = JsonlLog(self.out / "log.jsonl", self.step, enabled=procs.is_main)
+        if procs.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             log.write(self._describe())
-        bar = tqdm(total=opts.steps, initial=self.step, disable=not procs.main, desc=f"phase {opts.phase}",
+        bar = tqdm(total=opts.steps, initial=self.step, disable=not procs.is_main, desc=f"phase {opts.phase}",
                    dynamic_ncols=True)
         window: list[dict] = []
         tick = time.time()
@@ -564,7 +521,7 @@ class Trainer:
                 self.save()
         bar.close()
         result = {}
-        if procs.main and opts.evaluate:
+        if procs.is_main and opts.evaluate:
             result = self.evaluate(time.time() - started)
         procs.barrier()
         return result
@@ -583,7 +540,7 @@ class Trainer:
 
     def save(self) -> None:
         """Checkpoint atomically (rank 0); resume state holds only tensors and plain types."""
-        if not self.procs.main:
+        if not self.procs.is_main:
             return
         resume = {"optimizer": self.optimizer.state_dict(), "stage": self.stage.name,
                   "ema_updates": self.ema.num_updates, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
@@ -699,11 +656,8 @@ class JsonlLog:
 
 def train(opts: TrainOptions, resume: bool = False, explicit: set[str] | None = None) -> dict:
     """Run one training job (under torchrun: one process of it); returns rank 0's evaluation."""
-    procs = Processes.start(opts.device)
-    try:
+    with distributed_process(opts.device) as procs:
         return Trainer(opts, procs, resume, explicit).run()
-    finally:
-        procs.close()
 
 
 __all__ = ["MaskPolicy", "TrainOptions", "Trainer", "train", "evaluate_model", "sample_grid"]

@@ -11,19 +11,16 @@ skips the shards already on disk.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
+from mimflow_core.distributed import Process
 from mimflow_core.errors import MIMFlowError
 
 from mimflow_lab.metrics.features import Features, inception_features, to_uint8
@@ -31,43 +28,6 @@ from mimflow_lab.metrics.inception import FIDInception
 from mimflow_lab.metrics.npz import write_npz
 
 Producer = Callable[[np.ndarray], dict[str, np.ndarray]]
-
-
-# ------------------------------------------------------------------ distributed
-
-@dataclass(frozen=True)
-class Process:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-@contextlib.contextmanager
-def distributed_process(device: str | None = None) -> Iterator[Process]:
-    """This process's rank, world size and device; joins the torchrun group when there is one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and device != "cpu"
-    if world == 1:
-        yield Process(0, 1, torch.device(device or ("cuda" if cuda else "cpu")))
-        return
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    # Generous timeout: ranks wait at the final barrier while the slowest finishes its shards.
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=6))
-    try:
-        yield Process(dist.get_rank(), dist.get_world_size(),
-                      torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu"))
-    finally:
-        dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------ shards

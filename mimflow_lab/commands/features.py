@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from typing import Iterator
 
 import click
@@ -61,28 +60,15 @@ def parse_ratios(text: str) -> list[float]:
 
 @contextlib.contextmanager
 def processes(device: str) -> Iterator[str]:
-    """Resolve ``auto``; under ``torchrun`` join the process group (NCCL on GPUs, Gloo on CPUs) and leave it after.
+    """This rank's device, inside the torchrun group when there is one (NCCL on GPUs, Gloo on CPUs).
 
     Each rank then computes its share of the feature shards; see
     :func:`mimflow_lab.features.extract_features`.
     """
-    import torch
-    import torch.distributed as dist
+    from mimflow_core.distributed import distributed_process
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    joined = dist.is_torchelastic_launched() and not dist.is_initialized()
-    if joined:
-        if device.startswith("cuda"):
-            local_rank = int(os.environ["LOCAL_RANK"])
-            torch.cuda.set_device(local_rank)
-            device = f"cuda:{local_rank}"
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    try:
-        yield device
-    finally:
-        if joined:
-            dist.destroy_process_group()
+    with distributed_process(device) as process:
+        yield str(process.device)
 
 
 @click.command()

@@ -45,7 +45,8 @@ def fid(checkpoint: str | None, samples: int, reference: str | None, cfg: float,
     from mimflow_lab import load_model
     from mimflow_lab.metrics import load_inception, report_lines
     from mimflow_lab.metrics.npz import open_images, read_reference_stats
-    from mimflow_lab.sampling import ShardPlan, distributed_process, run_shards
+    from mimflow_core.distributed import distributed_process
+    from mimflow_lab.sampling import ShardPlan, run_shards
 
     from mimflow_lab.defaults import resolve_checkpoints
 

@@ -27,10 +27,11 @@ import click
               help="Per-sample product budget of the paper route; samples over it are reported unconverged.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the start vectors and of --source samples.")
 @click.option("--weights", default="ema", show_default=True, help="'ema' or 'raw' checkpoint weights.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", default="results/jacobian", show_default=True, type=click.Path(file_okay=False),
               help="Output directory: jacobian.json, latents.npz, fig5_jacobian.png/.pdf.")
 def jacobian(checkpoint, compare, data, source, latents_file, samples, batch, method, blocks, unconditional,
-             tol, max_products, seed, weights, out) -> None:
+             tol, max_products, seed, weights, device, out) -> None:
     """Extreme singular values and condition number of the latent flow's Jacobian at N latents (Fig. 5)."""
     import torch
 
@@ -41,7 +42,8 @@ def jacobian(checkpoint, compare, data, source, latents_file, samples, batch, me
     settings = Settings(method=method, samples=samples, batch=batch, blocks=blocks,
                         source="file" if latents_file else source, data=data, unconditional=unconditional,
                         seed=seed, tol=tol, max_products=max_products)
-    result = run_jacobian([checkpoint] + ([compare] if compare else []), out, settings, latents_file, weights)
+    result = run_jacobian([checkpoint] + ([compare] if compare else []), out, settings, latents_file, weights,
+                          device)
     for m in result["models"]:
         s = m["summary"]
         median = lambda k: s[k].get("median", float("nan"))  # noqa: E731

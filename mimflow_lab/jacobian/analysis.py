@@ -88,12 +88,13 @@ def encode_dataset(model, spec: str, n: int, batch: int, unconditional: bool) ->
     dataset = load_dataset(spec, image_size=model.config.image_size, split="test")
     if n > len(dataset):
         raise MIMFlowError(f"--samples {n}: dataset {spec} has only {len(dataset)} test images")
-    dtype = next(model.encoder.parameters()).dtype
+    param = next(model.encoder.parameters())
     zs = []
     with torch.no_grad():
         for start in range(0, n, batch):
             images = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch))])
-            zs.append(model.encode(images.to(dtype), mask_ratio=0.0).z.to(torch.float64))
+            z = model.encode(images.to(param.device, param.dtype), mask_ratio=0.0).z
+            zs.append(z.to("cpu", torch.float64))
     labels = torch.as_tensor(np.asarray(dataset.labels)[:n], dtype=torch.long)
     return torch.cat(zs), torch.full_like(labels, -1) if unconditional else labels
 
@@ -104,8 +105,10 @@ def sample_latents(model, n: int, batch: int, seed: int, unconditional: bool) ->
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(n, cfg.num_tokens, cfg.latent_dim, generator=g, dtype=torch.float64)
     y = torch.full((n,), -1) if unconditional else torch.randint(0, cfg.num_classes, (n,), generator=g)
+    device = next(model.flow.parameters()).device
     with torch.no_grad():
-        z = torch.cat([model.flow.reverse(eps[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)])
+        z = torch.cat([model.flow.reverse(eps[i:i + batch].to(device), y[i:i + batch].to(device)).cpu()
+                       for i in range(0, n, batch)])
     return z, y
 
 
@@ -198,11 +201,12 @@ def analyse_flow(flow, z: Tensor, y: Tensor, settings: Settings, done: dict[int,
     options = {"fast": {"tol": settings.tol}, "exact": {},
                "paper": {"tol": settings.tol, "max_products": settings.max_products}}[settings.method]
     starts = list(range(0, z.shape[0], settings.batch))
+    device = next(flow.parameters()).device
     for start in tqdm(starts, desc=desc, unit="batch", leave=False):
         if start in done:
             continue
         index = torch.arange(start, min(start + settings.batch, z.shape[0]))
-        op = FlowJacobian(flow, z[index], y[index], settings.blocks)
+        op = FlowJacobian(flow, z[index].to(device), y[index].to(device), settings.blocks)
         est = estimate(op, settings.method, seeds=settings.seed * 1_000_003 + 2 * index, **options)
         done[start] = sample_records(est, certify(op, est), index, y[index])
         for r in done[start]:
@@ -222,8 +226,9 @@ def model_entry(info, records: list[dict], seconds: float) -> dict:
 
 
 def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Settings,
-                 latents_file: str | None = None, weights: str = "ema") -> dict:
+                 latents_file: str | None = None, weights: str = "ema", device: str = "auto") -> dict:
     """The ``mimflow-lab jacobian`` command: analyse one or two checkpoints, write JSON, latents, figure."""
+    from mimflow_core.distributed import resolve_device
     from mimflow_lab import load_model
 
     from .plot import plot_jacobian
@@ -236,7 +241,7 @@ def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Setti
     partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
     models, latents = [], {}
     for m, ckpt in enumerate(checkpoints):
-        model, info = load_model(ckpt, weights=weights)
+        model, info = load_model(ckpt, weights=weights, device=resolve_device(device))
         flow = prepare_flow(model, settings.blocks, ckpt)
         if settings.method == "exact" and model.config.latent_numel > EXACT_MAX_DIM:
             raise MIMFlowError(f"--method exact: D = {model.config.latent_numel} > {EXACT_MAX_DIM}; use fast")
