@@ -7,11 +7,13 @@ whole sequence, and the N image positions are read out (paper Fig. 2).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from mimflow_core.config import ModelConfig
-from mimflow_core.layers import Transformer, init_weights, unpatchify
+from mimflow_core.layers import Transformer, init_weights, sincos_2d, unpatchify
 
 
 class PatchQueryDecoder(nn.Module):
@@ -27,8 +29,10 @@ class PatchQueryDecoder(nn.Module):
         self.transformer = Transformer(width, depth, heads, mlp_ratio)
         self.head = nn.Linear(width, out_dim)
         init_weights(self)
-        for p in (self.latent_pos, self.image_query, self.image_pos):
+        for p in (self.latent_pos, self.image_query):
             nn.init.trunc_normal_(p, std=0.02)
+        with torch.no_grad():
+            self.image_pos.copy_(sincos_2d(math.isqrt(num_patches), width))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         queries = (self.image_query + self.image_pos).expand(z.shape[0], -1, -1)

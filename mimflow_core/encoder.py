@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mimflow_core.config import ModelConfig
-from mimflow_core.layers import Transformer, init_weights, patchify
+from mimflow_core.layers import Transformer, init_weights, patchify, sincos_2d
 
 
 class EncoderOutput(NamedTuple):
@@ -46,8 +46,10 @@ class MaskedEncoder(nn.Module):
         self.transformer = Transformer(c.enc_width, c.enc_depth, c.enc_heads, c.mlp_ratio)
         self.to_latent = nn.Linear(c.enc_width, c.latent_dim)
         init_weights(self)
-        for p in (self.pos_embed, self.mask_token, self.latent_queries, self.latent_pos):
+        for p in (self.mask_token, self.latent_queries, self.latent_pos):
             nn.init.trunc_normal_(p, std=0.02)
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_2d(c.image_size // c.patch_size, c.enc_width))
 
     def forward(self, images: torch.Tensor, mask_ratio: float = 0.0,
                 generator: torch.Generator | None = None, mask: torch.Tensor | None = None) -> EncoderOutput:

@@ -130,6 +130,26 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def sincos_2d(grid: int, width: int) -> torch.Tensor:
+    """MAE's 2-D sine-cosine position embedding for a grid x grid patch layout, shape (1, grid*grid, width).
+
+    Used to initialise the per-patch position embeddings: with a 0.02-std random
+    init every image query of the decoder starts almost identical after
+    LayerNorm, and reconstruction learns far more slowly.
+    """
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    parts = []
+    for pos in (cols.reshape(-1), rows.reshape(-1)):
+        angles = pos[:, None] * omega[None]
+        parts += [angles.sin(), angles.cos()]
+    emb = torch.cat(parts, dim=1)
+    emb = torch.nn.functional.pad(emb, (0, width - emb.shape[1]))  # widths not divisible by 4
+    return emb.float()[None]
+
+
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, p*p*C), patches in row-major order, pixels (row, col, channel) inside."""
     B, C, H, W = images.shape
