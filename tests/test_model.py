@@ -90,3 +90,16 @@ def test_invalid_config_is_one_clear_error():
         get_preset("tiny", patch_size=5)
     with pytest.raises(MIMFlowError, match="unknown preset"):
         get_preset("huge")
+
+
+def test_sincos_position_embedding_matches_mae_formula():
+    from mimflow_core.layers import sincos_2d
+
+    grid, width = 4, 16
+    emb = sincos_2d(grid, width)[0]
+    assert emb.shape == (grid * grid, width)
+    omega = 1.0 / 10000 ** (torch.arange(4, dtype=torch.float64) / 4)
+    row, col = 2, 3  # patch index row * grid + col; the first half encodes the column, the second the row
+    expected = torch.cat([torch.sin(col * omega), torch.cos(col * omega), torch.sin(row * omega), torch.cos(row * omega)])
+    assert torch.allclose(emb[row * grid + col].double(), expected, atol=1e-6)
+    assert torch.cdist(emb, emb).add(torch.eye(grid * grid)).min() > 0.1  # every patch position is distinct
