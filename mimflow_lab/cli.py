@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "info": "mimflow_lab.commands.info:info",
     "jacobian": "mimflow_lab.commands.jacobian:jacobian",
     "figures": "mimflow_lab.commands.figures:figures",
+    "demo": "mimflow_lab.commands.demo:demo",
     "evaluate": "mimflow_lab.commands.evaluate:evaluate",
     "fid": "mimflow_lab.commands.fid:fid",
     "ref-stats": "mimflow_lab.commands.ref_stats:ref_stats",
