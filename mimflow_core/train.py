@@ -47,7 +47,7 @@ from mimflow_core.ema import EMA
 from mimflow_core.encoder import random_masking
 from mimflow_core.errors import MIMFlowError
 from mimflow_core.losses import build_aux_targets, build_perceptual, hinge_d_loss, hinge_g_loss, masked_l2
-from mimflow_core.model import MIMFlow
+from mimflow_core.model import MIMFlow, count_parameters
 
 VARIANTS = ("mimflow", "starflow", "e2e-nomask")
 CPU_PRESETS = ("tiny", "small")  # no LPIPS weights offline: perceptual loss defaults to 0
@@ -533,8 +533,7 @@ class Trainer:
         if o.perceptual_weight == 0:
             notes["note"] = ("perceptual (LPIPS) loss off: weight 0 (the default on CPU presets, where no VGG16 "
                              "weights are available offline; pass --lpips-backbone PATH to enable it)")
-        notes["parameters"] = {n: sum(p.numel() for p in getattr(self.model, n).parameters())
-                               for n in ("encoder", "flow", "decoder") if getattr(self.model, n) is not None}
+        notes["parameters"] = {n: count_parameters(getattr(self.model, n)) for n in ("encoder", "flow", "decoder")}
         notes["config"] = c.to_dict()
         return notes
 
