@@ -99,3 +99,27 @@ def test_random_latent_probe_lies_near_the_pixel_probe(tmp_path):
     latent = result["results"][0]["accuracy_mean"]
     assert pixels > 90.0
     assert pixels - 10.0 <= latent <= pixels + 1.0, (latent, pixels)
+
+
+def test_sixty_training_steps_lift_the_latent_probe_above_the_random_model(phase1_run, tmp_path):
+    """Training makes the latent more linearly separable than a random encoder's. Probed on the 8
+    mean-pooled latent channels (D = 8), where there is room to rise: measured 70.0 % for the random
+    model, 77.0 % after the 60 steps of the short recipe, 97.0 % after the README's 1500-step tiny run
+    (raw pixels: 96.3 %). Stated tolerance: at least 3 points above the random model."""
+    import torch
+
+    from mimflow_core.checkpoint import save_checkpoint
+    from mimflow_core.model import MIMFlow
+    from mimflow_lab import load_model
+
+    out, _ = phase1_run
+    _, info = load_model(out / "ckpt.pt")
+    torch.manual_seed(0)
+    random_ckpt = tmp_path / "random.pt"
+    save_checkpoint(random_ckpt, MIMFlow(info.config), step=0, train={"variant": "mimflow", "mask_ratio": "0.4-0.6"})
+    acc = {}
+    for name, path in (("random", random_ckpt), ("trained", out / "ckpt.pt")):
+        result = probe_checkpoints([path], depths="latent", pool="mean", cache=None,
+                                   settings=ProbeSettings(seeds=(0,)), progress=False)
+        acc[name] = result["results"][0]["accuracy_mean"]
+    assert acc["trained"] >= acc["random"] + 3.0, acc

@@ -39,7 +39,9 @@ from click.core import ParameterSource
 @click.option("--tokens", type=click.IntRange(min=1), default=None, help="K latent tokens [preset's].")
 @click.option("--sigma", type=click.FloatRange(min=0), default=None, help="Latent noise scale [preset's, 0.3].")
 @click.option("--mim-weight", type=float, default=1.0, help="L2 weight of masked patches (Table 9).")
-@click.option("--flow-weight", type=float, default=1.0, help="beta: weight of the flow NLL.")
+@click.option("--flow-weight", type=float, default=1.0,
+              help="beta: weight of the per-dimension flow NLL (the paper's 1.0; short tiny CPU runs collapse "
+                   "at 1.0 and train with 0.03, see the README).")
 @click.option("--flow-warmup-steps", type=click.IntRange(min=0), default=0,
               help="Ramp beta linearly from 0 over N steps (KL annealing against early posterior collapse).")
 @click.option("--aux", default=None,
