@@ -57,7 +57,8 @@ def sklearn_probe(train_x, train_y, test_x, test_y, settings: ProbeSettings) -> 
         scaler = StandardScaler().fit(x)
         with warnings.catch_warnings():  # weakly regularised fits may stop at max_iter, as ours may
             warnings.simplefilter("ignore", ConvergenceWarning)
-            clf = LogisticRegression(C=1.0 / (weight_decay * len(y)), max_iter=1000).fit(scaler.transform(x), y)
+            clf = LogisticRegression(C=1.0 / (weight_decay * len(y)), tol=settings.lbfgs_tolerance,
+                                     max_iter=settings.lbfgs_max_iter).fit(scaler.transform(x), y)
         return lambda z: clf.predict(scaler.transform(z))
 
     grid = sorted(settings.weight_decays)
@@ -96,11 +97,13 @@ def main() -> None:
     ap.add_argument("--mask-ratios", default="0,0.25,0.5,0.75")
     ap.add_argument("--max-train", type=int, default=None, help="class-balanced training subset")
     ap.add_argument("--layers", action="store_true", help="also every transformer layer of the deep block")
+    ap.add_argument("--tol", type=float, default=ProbeSettings.lbfgs_tolerance,
+                    help="L-BFGS stopping tolerance (largest gradient entry) of both sides")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", help="write the measurements here")
     args = ap.parse_args()
     ratios = [float(r) for r in args.mask_ratios.split(",")]
-    settings = ProbeSettings(device=args.device)
+    settings = ProbeSettings(device=args.device, lbfgs_tolerance=args.tol)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or random_checkpoint(Path(tmp) / "random.pt", args.preset)
         model, info = load_model(ckpt)

@@ -26,7 +26,7 @@ import csv
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -131,28 +131,33 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 @dataclass(frozen=True)
 class Problem:
-    """One probe to fit: which training rows, which weight decay, which seed (minibatch order),
-    and optionally a probe to start from (a refit starts from the sweep's solution)."""
+    """One probe to fit: which feature matrix (``task``), which training rows, which weight decay,
+    which seed (minibatch order), and optionally a probe to start from (a refit starts from the
+    sweep's solution)."""
 
     rows: torch.Tensor
     weight_decay: float
     seed: int
     start: LinearProbe | None = None
+    task: int = 0
 
 
 def fit_probes(x: torch.Tensor, y: torch.Tensor, num_classes: int, problems: Sequence[Problem],
                settings: ProbeSettings) -> tuple[list[LinearProbe], str]:
     """Fit one probe per problem; returns them in eval mode and the optimiser used.
 
-    Full-batch problems are solved together by :func:`batched_lbfgs`: one
-    batched matmul per step serves every (seed, weight decay) of a sweep
-    instead of a Python loop of tiny fits, and each problem keeps its own
-    curvature history, step size and stopping test.
+    ``x`` is one feature matrix (n, dim) or a stack of them (T, n, dim) with
+    the same labels ``y`` (the depths and mask ratios of one probe run); a
+    problem's ``task`` picks its matrix. Full-batch problems are solved
+    together by :func:`batched_lbfgs`: one batched matmul per step serves
+    every (task, seed, weight decay) instead of a Python loop of tiny fits,
+    and each problem keeps its own curvature history, step size and stopping test.
     """
-    n, dim = x.shape
+    x = x if x.ndim == 3 else x[None]
+    n, dim = x.shape[1:]
     per_problem = n * max(dim, num_classes)
     if per_problem > settings.full_batch_max:
-        return [_fit_sgd(x[p.rows], y[p.rows], num_classes, p, settings) for p in problems], "sgd"
+        return [_fit_sgd(x[p.task, p.rows], y[p.rows], num_classes, p, settings) for p in problems], "sgd"
     chunk = max(1, settings.full_batch_max // per_problem)
     probes = []
     for i in range(0, len(problems), chunk):
@@ -162,17 +167,18 @@ def fit_probes(x: torch.Tensor, y: torch.Tensor, num_classes: int, problems: Seq
 
 def _fit_full_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, problems: Sequence[Problem],
                     settings: ProbeSettings) -> list[LinearProbe]:
-    """G probes at once. With full batches BatchNorm is an exact standardisation by the fit rows'
-    mean and (biased) variance, folded into the weights: logits = x (W / sd) + b - mu (W / sd)."""
-    G, (n, dim), C = len(problems), x.shape, num_classes
+    """G probes at once on x (T, n, dim). With full batches BatchNorm is an exact standardisation by the
+    fit rows' mean and (biased) variance, folded into the weights: logits = x (W / sd) + b - mu (W / sd)."""
+    G, (n, dim), C = len(problems), x.shape[1:], num_classes
     row_weight = torch.zeros(n, G, device=x.device)  # mean cross-entropy over each problem's own rows
     mean = torch.empty(G, dim, device=x.device)
     var = torch.empty(G, dim, device=x.device)
     for g, p in enumerate(problems):
         row_weight[p.rows, g] = 1.0 / len(p.rows)
-        var[g], mean[g] = torch.var_mean(x[p.rows], dim=0, correction=0)
+        var[g], mean[g] = torch.var_mean(x[p.task, p.rows], dim=0, correction=0)
     inv_sd = torch.rsqrt(var + BN_EPS)
     decay = torch.tensor([p.weight_decay for p in problems], device=x.device)
+    task = torch.tensor([p.task for p in problems], device=x.device)
 
     onehot = F.one_hot(y, C).to(x.dtype)[:, None, :]  # (n, 1, C)
 
@@ -182,7 +188,13 @@ def _fit_full_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, problems
         W, b = theta[:, :dim * C].view(a, dim, C), theta[:, dim * C:]
         mu, isd, w = mean[rows], inv_sd[rows], row_weight[:, rows]
         scaled = W * isd[:, :, None]
-        logits = (x @ scaled.permute(1, 0, 2).reshape(dim, a * C)).view(n, a, C)
+        # one (n, dim) x (dim, a_t * C) product per feature matrix t for all its a_t problems
+        # (a skinny batched product per problem is several times slower on CPU)
+        of_task = task[rows]
+        groups = [(t, (of_task == t).nonzero().squeeze(1)) for t in of_task.unique().tolist()]
+        logits = x.new_empty(n, a, C)
+        for t, sel in groups:
+            logits[:, sel] = (x[t] @ scaled[sel].permute(1, 0, 2).reshape(dim, -1)).view(n, len(sel), C)
         logits += b - torch.einsum("gd,gdc->gc", mu, scaled)
         # softmax by hand: Tensor.log_softmax over a last dim of C ~ 10 is ~5x slower on CPU
         logits -= logits.amax(2, keepdim=True)
@@ -192,7 +204,9 @@ def _fit_full_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, problems
         loss = (ce * w).sum(0) + 0.5 * decay[rows] * W.pow(2).sum((1, 2))
         dlogits = (exp / total[:, :, None] - onehot) * w[:, :, None]  # d loss / d logits
         grad_b = dlogits.sum(0)
-        grad_scaled = (x.T @ dlogits.reshape(n, a * C)).view(dim, a, C).permute(1, 0, 2)
+        grad_scaled = x.new_empty(a, dim, C)
+        for t, sel in groups:
+            grad_scaled[sel] = (x[t].T @ dlogits[:, sel].reshape(n, -1)).view(dim, len(sel), C).permute(1, 0, 2)
         grad_scaled -= mu[:, :, None] * grad_b[:, None]
         grad_W = grad_scaled * isd[:, :, None] + decay[rows, None, None] * W
         return loss, torch.cat([grad_W.reshape(a, dim * C), grad_b], 1)
@@ -275,16 +289,21 @@ def _wolfe_steps(objective, theta: torch.Tensor, d: torch.Tensor, loss: torch.Te
     every curvature pair s.y positive and lets a step grow beyond 1 where the quadratic model is too timid."""
     step = torch.ones_like(loss)
     low, high = torch.zeros_like(loss), torch.full_like(loss, float("inf"))
-    for _ in range(max_evals):
-        new_loss, new_grad = objective(theta + step[:, None] * d, rows)
-        too_long = new_loss > loss + c1 * step * slope
-        too_short = ~too_long & ((new_grad * d).sum(1) < c2 * slope)
-        if not (too_long | too_short).any():
+    new_loss, new_grad = torch.empty_like(loss), torch.empty_like(theta)
+    todo = torch.arange(len(loss), device=loss.device)  # problems whose step is not settled yet
+    for evals in range(1, max_evals + 1):
+        t = step[todo]
+        f, g = objective(theta[todo] + t[:, None] * d[todo], rows[todo])  # only the unsettled ones pay
+        new_loss[todo], new_grad[todo] = f, g
+        too_long = f > loss[todo] + c1 * t * slope[todo]
+        too_short = ~too_long & ((g * d[todo]).sum(1) < c2 * slope[todo])
+        bad = too_long | too_short
+        if not bad.any() or evals == max_evals:  # out of evaluations: keep the last evaluated step
             break
-        high = torch.where(too_long, step, high)
-        low = torch.where(too_short, step, low)
-        step = torch.where(too_long | too_short,
-                           torch.where(torch.isinf(high), 2.0 * low, 0.5 * (low + high)), step)
+        high[todo] = torch.where(too_long, t, high[todo])
+        low[todo] = torch.where(too_short, t, low[todo])
+        todo = todo[bad]
+        step[todo] = torch.where(torch.isinf(high[todo]), 2.0 * low[todo], 0.5 * (low[todo] + high[todo]))
     return step, new_loss, new_grad
 
 
@@ -329,41 +348,77 @@ def accuracy(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor, batch_size: i
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
                  num_classes: int | None = None, settings: ProbeSettings | None = None) -> ProbeResult:
     """Linear-probe top-1 accuracy (%) of ``test`` after training on ``train``, mean ± std over seeds."""
+    return linear_probes([train_x], train_y, [test_x], test_y, num_classes=num_classes, settings=settings)[0]
+
+
+def linear_probes(train_xs: Sequence[np.ndarray], train_y: np.ndarray, test_xs: Sequence[np.ndarray],
+                  test_y: np.ndarray, *, num_classes: int | None = None, settings: ProbeSettings | None = None,
+                  progress: bool = False) -> list[ProbeResult]:
+    """:func:`linear_probe` for several feature sets of the same images (depths, mask ratios), one result each.
+
+    The sets share labels, validation splits and seeds, so sets of equal width
+    are stacked and every (set, seed, weight decay) of a width is solved by one
+    batched L-BFGS; each probe still stops on its own test, so the results
+    equal those of separate calls.
+    """
     settings = settings or ProbeSettings()
     num_classes = check_labels(train_y, num_classes, "probe train split")
-    if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
-        raise MIMFlowError(f"probe: features must be 2-D with equal widths, got {train_x.shape} and {test_x.shape}")
+    if len(train_xs) != len(test_xs):
+        raise MIMFlowError(f"probe: {len(train_xs)} train feature sets but {len(test_xs)} test sets")
+    for train_x, test_x in zip(train_xs, test_xs):
+        if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
+            raise MIMFlowError(f"probe: features must be 2-D with equal widths, got {train_x.shape} and {test_x.shape}")
+        if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+            raise MIMFlowError(f"probe: {len(train_x)}/{len(test_x)} feature rows for {len(train_y)}/{len(test_y)} labels")
     if len(test_y) == 0:
         raise MIMFlowError("probe test split: no samples")
     if np.min(test_y) < 0 or np.max(test_y) >= num_classes:
         raise MIMFlowError(f"probe test split: labels outside 0..{num_classes - 1}")
     dev = torch.device(settings.device)
-    xtr = torch.as_tensor(np.asarray(train_x, dtype=np.float32), device=dev)
     ytr = torch.as_tensor(np.asarray(train_y, dtype=np.int64), device=dev)
-    xte = torch.as_tensor(np.asarray(test_x, dtype=np.float32), device=dev)
     yte = torch.as_tensor(np.asarray(test_y, dtype=np.int64), device=dev)
-    grid = sorted(settings.weight_decays)
     splits = [[torch.as_tensor(i, device=dev) for i in stratified_split(np.asarray(train_y), settings.val_fraction, s)]
               for s in settings.seeds]
-    # 1) every (seed, weight decay) on the seed's fit rows, scored on its validation rows
-    sweep = [Problem(fit, wd, seed) for (fit, _), seed in zip(splits, settings.seeds) for wd in grid]
+    by_width: dict[int, list[int]] = {}
+    for i, train_x in enumerate(train_xs):
+        by_width.setdefault(train_x.shape[1], []).append(i)
+    results: list[ProbeResult | None] = [None] * len(train_xs)
+    for members in tqdm(by_width.values(), desc="probe", disable=not progress, leave=False):
+        def stack(arrays):
+            return torch.as_tensor(np.stack([np.asarray(arrays[i], dtype=np.float32) for i in members]), device=dev)
+        for i, result in zip(members, _probe_stack(stack(train_xs), ytr, stack(test_xs), yte, splits,
+                                                   num_classes, settings)):
+            results[i] = result
+    return results
+
+
+def _probe_stack(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor, splits: list,
+                 num_classes: int, settings: ProbeSettings) -> list[ProbeResult]:
+    """Sweep, select and refit the probes of T equal-width feature sets xtr (T, n, dim), xte (T, m, dim)."""
+    T, grid, S = xtr.shape[0], sorted(settings.weight_decays), len(settings.seeds)
+    # 1) every (set, seed, weight decay) on the seed's fit rows, scored on its validation rows
+    sweep = [Problem(splits[k][0], wd, seed, task=t) for t in range(T)
+             for k, seed in enumerate(settings.seeds) for wd in grid]
     probes, method = fit_probes(xtr, ytr, num_classes, sweep, settings)
-    val = np.array([accuracy(p, xtr[splits[k // len(grid)][1]], ytr[splits[k // len(grid)][1]])
-                    for k, p in enumerate(probes)]).reshape(len(settings.seeds), len(grid))
-    best = val.argmax(1)  # ties go to the smallest weight decay
+    val = np.array([accuracy(p, xtr[t, splits[k][1]], ytr[splits[k][1]])
+                    for p, (t, k, _) in zip(probes, np.ndindex(T, S, len(grid)))]).reshape(T, S, len(grid))
+    best = val.argmax(2)  # ties go to the smallest weight decay
     # 2) refit on the whole training set with each seed's choice, score on the test set
-    everything = torch.arange(len(ytr), device=dev)
-    refits = [Problem(everything, grid[j], seed, start=probes[k * len(grid) + j])
-              for k, (j, seed) in enumerate(zip(best, settings.seeds))]
+    everything = torch.arange(len(ytr), device=ytr.device)
+    refits = [Problem(everything, grid[best[t, k]], seed, start=probes[(t * S + k) * len(grid) + best[t, k]], task=t)
+              for t in range(T) for k, seed in enumerate(settings.seeds)]
     final, _ = fit_probes(xtr, ytr, num_classes, refits, settings)
-    accs = [accuracy(p, xte, yte) for p in final]
-    return ProbeResult(
-        accuracy_mean=float(np.mean(accs)),
-        accuracy_std=float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
-        accuracies=accs, weight_decays=[grid[j] for j in best], val_accuracies=[float(v) for v in val.max(1)],
-        method=method, num_train=int(xtr.shape[0]), num_test=int(xte.shape[0]), dim=int(xtr.shape[1]),
-        num_classes=num_classes,
-    )
+    results = []
+    for t in range(T):
+        accs = [accuracy(p, xte[t], yte) for p in final[t * S:(t + 1) * S]]
+        results.append(ProbeResult(
+            accuracy_mean=float(np.mean(accs)),
+            accuracy_std=float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+            accuracies=accs, weight_decays=[grid[j] for j in best[t]], val_accuracies=[float(v) for v in val[t].max(1)],
+            method=method, num_train=int(xtr.shape[1]), num_test=int(xte.shape[1]), dim=int(xtr.shape[2]),
+            num_classes=num_classes,
+        ))
+    return results
 
 
 # ---------------------------------------------------------------------------- checkpoints x depths x mask ratios
@@ -400,19 +455,23 @@ def probe_checkpoints(paths: Sequence[str | os.PathLike], *, depths: str | Seque
     rows, checkpoints = [], []
     for model, info in loaded:
         checkpoints.append(checkpoint_record(info))
-        for r in ratios:
-            feats = {s: extract_features(model, ds, info.sha256, FeatureSettings(
-                data=data, split=s, mask_ratio=r, pool=pool, layers=needs_layers(names), seed=seed,
-                shard_size=shard_size, max_samples=max_train if s == "train" else None, weights=info.weights),
-                cache=cache, device=device, num_workers=num_workers, progress=progress) for s, ds in splits.items()}
-            if rank != 0:
-                continue
-            for name in tqdm(names, desc=f"probe {info.label} r={r}", disable=not progress, leave=False):
-                res = linear_probe(feats["train"][name], feats["train"]["labels"], feats["test"][name],
-                                   feats["test"]["labels"], num_classes=num_classes, settings=settings)
-                rows.append({"checkpoint": info.label, "checkpoint_path": str(info.path), "variant": info.variant,
-                             "train_mask_ratio": info.train.get("mask_ratio"), "mask_ratio": r, "depth": name,
-                             **res.as_dict()})
+        feats = {(r, s): extract_features(model, ds, info.sha256, FeatureSettings(
+            data=data, split=s, mask_ratio=r, pool=pool, layers=needs_layers(names), seed=seed,
+            shard_size=shard_size, max_samples=max_train if s == "train" else None, weights=info.weights),
+            cache=cache, device=device, num_workers=num_workers, progress=progress)
+            for r in ratios for s, ds in splits.items()}
+        if rank != 0:
+            continue
+        # the same images at every mask ratio (the subset does not depend on it): one batched probe run
+        labels = {s: feats[ratios[0], s]["labels"] for s in splits}
+        tasks = [(r, name) for r in ratios for name in names]
+        results = linear_probes([feats[r, "train"][name] for r, name in tasks], labels["train"],
+                                [feats[r, "test"][name] for r, name in tasks], labels["test"],
+                                num_classes=num_classes, settings=settings, progress=progress)
+        for (r, name), res in zip(tasks, results):
+            rows.append({"checkpoint": info.label, "checkpoint_path": str(info.path), "variant": info.variant,
+                         "train_mask_ratio": info.train.get("mask_ratio"), "mask_ratio": r, "depth": name,
+                         **res.as_dict()})
     if rank != 0:
         return None
     result = {
