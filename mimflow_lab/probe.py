@@ -356,10 +356,11 @@ def linear_probes(train_xs: Sequence[np.ndarray], train_y: np.ndarray, test_xs: 
                   progress: bool = False) -> list[ProbeResult]:
     """:func:`linear_probe` for several feature sets of the same images (depths, mask ratios), one result each.
 
-    The sets share labels, validation splits and seeds, so sets of equal width
-    are stacked and every (set, seed, weight decay) of a width is solved by one
-    batched L-BFGS; each probe still stops on its own test, so the results
-    equal those of separate calls.
+    The sets share labels, validation splits and seeds, so full-batch sets of
+    equal width are stacked (up to ``full_batch_max`` numbers per stack) and
+    every (set, seed, weight decay) of a stack is solved by one batched L-BFGS.
+    Each probe keeps its own stopping test, so the results are those of
+    separate calls up to float rounding in the products.
     """
     settings = settings or ProbeSettings()
     num_classes = check_labels(train_y, num_classes, "probe train split")
@@ -379,11 +380,17 @@ def linear_probes(train_xs: Sequence[np.ndarray], train_y: np.ndarray, test_xs: 
     yte = torch.as_tensor(np.asarray(test_y, dtype=np.int64), device=dev)
     splits = [[torch.as_tensor(i, device=dev) for i in stratified_split(np.asarray(train_y), settings.val_fraction, s)]
               for s in settings.seeds]
-    by_width: dict[int, list[int]] = {}
+    stacks: dict[int, list[list[int]]] = {}  # width -> stacks of set indices
     for i, train_x in enumerate(train_xs):
-        by_width.setdefault(train_x.shape[1], []).append(i)
+        numbers = train_x.size  # one set's size; minibatch-SGD sets (too big for full batch) stay alone
+        same = stacks.setdefault(train_x.shape[1], [[]])
+        full_batch = len(train_y) * max(train_x.shape[1], num_classes) <= settings.full_batch_max
+        if same[-1] and (not full_batch or (len(same[-1]) + 1) * numbers > settings.full_batch_max):
+            same.append([])
+        same[-1].append(i)
     results: list[ProbeResult | None] = [None] * len(train_xs)
-    for members in tqdm(by_width.values(), desc="probe", disable=not progress, leave=False):
+    for members in tqdm([m for same in stacks.values() for m in same], desc="probe", disable=not progress,
+                        leave=False):
         def stack(arrays):
             return torch.as_tensor(np.stack([np.asarray(arrays[i], dtype=np.float32) for i in members]), device=dev)
         for i, result in zip(members, _probe_stack(stack(train_xs), ytr, stack(test_xs), yte, splits,

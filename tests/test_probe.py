@@ -59,12 +59,15 @@ def test_stacked_feature_sets_give_the_results_of_separate_probes(digits):
     sets = [(Xtr, Xte), (np.tanh(Xtr @ rot), np.tanh(Xte @ rot)), (Xtr[:, 16:40], Xte[:, 16:40]),
             (Xtr[:, ::2], Xte[:, ::2])]  # widths 64, 64, 24, 32
     settings = ProbeSettings(seeds=(0, 1), lbfgs_tolerance=1e-6)  # converged: no selection flips from rounding
-    together = linear_probes([a for a, _ in sets], ytr, [b for _, b in sets], yte, settings=settings)
-    for (a, b), res in zip(sets, together):
-        alone = linear_probe(a, ytr, b, yte, settings=settings)
-        assert res.dim == a.shape[1] and res.weight_decays == alone.weight_decays
-        assert res.accuracies == pytest.approx(alone.accuracies, abs=0.35)  # at most one test image apart
-    assert len({r.accuracy_mean for r in together}) > 1  # the sets really differ
+    alone = [linear_probe(a, ytr, b, yte, settings=settings) for a, b in sets]
+    assert len({r.accuracy_mean for r in alone}) > 1  # the sets really differ
+    # all stacked by width; then stacks capped at two 64-wide sets (each L-BFGS call holding two problems)
+    for cap in (settings.full_batch_max, 2 * 64 * len(ytr)):
+        together = linear_probes([a for a, _ in sets], ytr, [b for _, b in sets], yte,
+                                 settings=ProbeSettings(seeds=(0, 1), lbfgs_tolerance=1e-6, full_batch_max=cap))
+        for (a, _), res, ref in zip(sets, together, alone):
+            assert res.method == "lbfgs" and res.dim == a.shape[1] and res.weight_decays == ref.weight_decays
+            assert res.accuracies == pytest.approx(ref.accuracies, abs=0.35)  # at most one test image apart
 
 
 def test_minibatch_sgd_path_close_to_sklearn(digits):
