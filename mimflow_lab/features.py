@@ -238,20 +238,23 @@ def native_image_size(spec: str) -> int | None:
     return int(shape[1]) if len(shape) == 4 and shape[1] == shape[2] else None
 
 
-def load_checkpoints(paths: Sequence[str | os.PathLike], data: str, *, weights: str = "ema",
-                     device: str | torch.device = "cpu") -> list[tuple[nn.Module, "CheckpointInfo"]]:
-    """Load every checkpoint, refusing (before any feature work) image sizes that differ.
+def check_checkpoints(paths: Sequence[str | os.PathLike], data: str, *,
+                      weights: str = "ema") -> list["CheckpointInfo"]:
+    """Validate every checkpoint before any work and return their infos, refusing image sizes that differ.
 
-    All checkpoints must share one image size and channel count, and it must
-    match the data's own resolution where the data has one (an npz).
+    Each model is loaded (so a broken file fails here) and dropped again:
+    callers load one model at a time with :func:`load_model` while they use
+    it, so five MIMFlow-L checkpoints never sit in memory together. All must
+    share one image size and channel count, matching the data's own
+    resolution where the data has one (an npz).
     """
     from mimflow_lab import load_model
 
     if not paths:
         raise MIMFlowError("checkpoint: give at least one checkpoint file")
-    loaded = [load_model(p, weights=weights, device=device) for p in paths]
-    first = loaded[0][1]
-    for _, info in loaded[1:]:
+    infos = [load_model(p, weights=weights)[1] for p in paths]
+    first = infos[0]
+    for info in infos[1:]:
         if (info.config.image_size, info.config.channels) != (first.config.image_size, first.config.channels):
             raise MIMFlowError(f"{info.path}: trained on {info.config.image_size} px x {info.config.channels} "
                                f"channels, but {first.path} on {first.config.image_size} px x "
@@ -260,7 +263,7 @@ def load_checkpoints(paths: Sequence[str | os.PathLike], data: str, *, weights: 
     if size is not None and size != first.config.image_size:
         raise MIMFlowError(f"{first.path}: trained on {first.config.image_size} px images, "
                            f"but {data} holds {size} px images")
-    return loaded
+    return infos
 
 
 # ---------------------------------------------------------------------------- the pass
@@ -348,7 +351,10 @@ def export_features(checkpoint: str | os.PathLike, out: str | os.PathLike, *, de
     (the image's index within its split), plus ``depths`` and ``class_names``. Returns the path on rank 0."""
     from mimflow_core.data import load_dataset
 
-    [(model, info)] = load_checkpoints([checkpoint], data, weights=weights, device=device)
+    from mimflow_lab import load_model
+
+    check_checkpoints([checkpoint], data, weights=weights)
+    model, info = load_model(checkpoint, weights=weights, device=device)
     names = parse_depths(depths, info.config, layers)
     parts = []
     for split in splits:

@@ -37,8 +37,9 @@ from torch import nn
 from tqdm import tqdm
 
 from mimflow_core.atomic import atomic_open, write_json
+from mimflow_core.checkpoint import load_model
 from mimflow_core.errors import MIMFlowError
-from mimflow_lab.features import (DEFAULT_CACHE, FeatureSettings, dist_info, extract_features, load_checkpoints,
+from mimflow_lab.features import (DEFAULT_CACHE, FeatureSettings, check_checkpoints, dist_info, extract_features,
                                   needs_layers, parse_depths, select_indices)
 
 WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -449,10 +450,10 @@ def probe_checkpoints(paths: Sequence[str | os.PathLike], *, depths: str | Seque
     from mimflow_core.data import load_dataset
 
     settings = settings or ProbeSettings(device=str(device))
-    loaded = load_checkpoints(paths, data, weights=weights, device=device)
-    config = loaded[0][1].config
+    infos = check_checkpoints(paths, data, weights=weights)
+    config = infos[0].config
     names = parse_depths(depths, config, layers)  # validate before any work ...
-    for _, info in loaded[1:]:
+    for info in infos[1:]:
         parse_depths(names, info.config, True)  # ... on every checkpoint
     ratios = [float(r) for r in mask_ratios]
     splits = {s: load_dataset(data, config.image_size, s, channels=config.channels) for s in ("train", "test")}
@@ -460,13 +461,15 @@ def probe_checkpoints(paths: Sequence[str | os.PathLike], *, depths: str | Seque
     num_classes = splits["train"].num_classes
     rank, _ = dist_info()
     rows, checkpoints = [], []
-    for model, info in loaded:
+    for checked in infos:
+        model, info = load_model(checked.path, weights=weights, device=device)  # one model in memory at a time
         checkpoints.append(checkpoint_record(info))
         feats = {(r, s): extract_features(model, ds, info.sha256, FeatureSettings(
             data=data, split=s, mask_ratio=r, pool=pool, layers=needs_layers(names), seed=seed,
             shard_size=shard_size, max_samples=max_train if s == "train" else None, weights=info.weights),
             cache=cache, device=device, num_workers=num_workers, progress=progress)
             for r in ratios for s, ds in splits.items()}
+        del model  # before the next checkpoint loads, so that two never sit in memory together
         if rank != 0:
             continue
         # the same images at every mask ratio (the subset does not depend on it): one batched probe run

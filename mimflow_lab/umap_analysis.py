@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from mimflow_core.atomic import atomic_open, write_json
+from mimflow_core.checkpoint import load_model
 from mimflow_core.errors import MIMFlowError
-from mimflow_lab.features import (DEFAULT_CACHE, FeatureSettings, dist_info, extract_features, load_checkpoints,
+from mimflow_lab.features import (DEFAULT_CACHE, FeatureSettings, check_checkpoints, dist_info, extract_features,
                                   parse_depths, select_indices)
 
 PIXELS = "pixels"  # a panel of raw pixels instead of a checkpoint
@@ -83,9 +84,9 @@ def umap_compare(panels: Sequence[str], *, what: str = "latent", samples: int = 
     paths = [p for p in panels if p != PIXELS]
     if not paths:
         raise MIMFlowError("umap: give at least one checkpoint (pixels is only a comparison panel)")
-    loaded = dict(zip(paths, load_checkpoints(paths, data, weights=weights, device=device)))
-    config = next(iter(loaded.values()))[1].config
-    names = {p: parse_depths(what, info.config) for p, (_, info) in loaded.items()}
+    infos = dict(zip(paths, check_checkpoints(paths, data, weights=weights)))
+    config = next(iter(infos.values())).config
+    names = {p: parse_depths(what, info.config) for p, info in infos.items()}
     if any(len(n) != 1 for n in names.values()):
         raise MIMFlowError(f"--what {what!r}: give one depth (latent, encoder or block:N)")
     dataset = load_dataset(data, config.image_size, split, channels=config.channels)
@@ -102,12 +103,13 @@ def umap_compare(panels: Sequence[str], *, what: str = "latent", samples: int = 
             feats = np.stack([dataset[int(j)][0].flatten().numpy() for j in index])
             labels, record, label = dataset.labels[index], None, "raw pixels"
         else:
-            model, info = loaded[panel]
+            model, info = load_model(panel, weights=weights, device=device)  # one model in memory at a time
             out = extract_features(model, dataset, info.sha256, FeatureSettings(
                 data=data, split=split, mask_ratio=mask_ratio, pool=pool, seed=seed, shard_size=shard_size,
                 max_samples=samples, classes=classes, weights=info.weights),
                 cache=cache, device=device, num_workers=num_workers, progress=progress)
             feats, labels, record, label = out[names[panel][0]], out["labels"], checkpoint_record(info), info.label
+            del model  # before the next panel's checkpoint loads
         if dist_info()[0] != 0:
             continue
         emb = embed(feats, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)

@@ -49,7 +49,7 @@ def test_no_checkpoint_anywhere_is_one_clear_line(tmp_path):
 
 
 def test_probe_says_which_checkpoint_it_used(tmp_path):
-    bad = _touch(tmp_path / "runs" / "r" / "ckpt.pt", 0)  # not a real checkpoint: the loader names it
+    _touch(tmp_path / "runs" / "r" / "ckpt.pt", 0)  # not a real checkpoint: the loader names it
     env = {k: v for k, v in os.environ.items() if k != "MIMFLOW_CHECKPOINT"}
     run = subprocess.run([sys.executable, "-m", "mimflow_lab.cli", "probe", "--depths", "all"], cwd=tmp_path,
                          env=env, capture_output=True, text=True)

@@ -192,8 +192,8 @@ def test_two_gloo_ranks_give_the_single_process_features(ckpt, digits_test, tmp_
 def test_refuses_other_image_sizes_before_any_work(ckpt, tmp_path):
     other = make_checkpoint(tmp_path / "big.pt", image_size=32)
     with pytest.raises(MIMFlowError, match=r"big\.pt: trained on 32 px .*micro\.pt on 16 px"):
-        F.load_checkpoints([ckpt, other], "digits")
+        F.check_checkpoints([ckpt, other], "digits")
     npz = tmp_path / "imgs.npz"
     np.savez(npz, arr_0=np.zeros((20, 24, 24, 3), np.uint8), arr_1=np.arange(20) % 2)
     with pytest.raises(MIMFlowError, match=r"trained on 16 px images, but .*imgs\.npz holds 24 px"):
-        F.load_checkpoints([ckpt], str(npz))
+        F.check_checkpoints([ckpt], str(npz))

@@ -123,3 +123,26 @@ def test_sixty_training_steps_lift_the_latent_probe_above_the_random_model(phase
                                    settings=ProbeSettings(seeds=(0,)), progress=False)
         acc[name] = result["results"][0]["accuracy_mean"]
     assert acc["trained"] >= acc["random"] + 3.0, acc
+
+
+def test_probe_holds_one_model_at_a_time(two_checkpoints, monkeypatch):
+    """Checkpoints are validated up front but used one at a time: when a model is loaded for its
+    feature pass, the previous checkpoint's model is already gone (five L models would not fit)."""
+    import gc
+    import weakref
+
+    import mimflow_lab.probe as probe_module
+
+    alive, real_load = [], probe_module.load_model
+
+    def tracking_load(*args, **kwargs):
+        gc.collect()
+        assert not [ref for ref in alive if ref() is not None], "an earlier model is still in memory"
+        model, info = real_load(*args, **kwargs)
+        alive.append(weakref.ref(model))
+        return model, info
+
+    monkeypatch.setattr(probe_module, "load_model", tracking_load)
+    result = probe_checkpoints(list(two_checkpoints), depths="latent", cache=None,
+                               settings=ProbeSettings(seeds=(0,)), progress=False)
+    assert len(alive) == 2 and len(result["results"]) == 2
