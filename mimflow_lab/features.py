@@ -350,7 +350,6 @@ def export_features(checkpoint: str | os.PathLike, out: str | os.PathLike, *, de
     """Write one NPZ: an (n, dim) float32 array per depth name, ``labels``, ``split`` (str) and ``index``
     (the image's index within its split), plus ``depths`` and ``class_names``. Returns the path on rank 0."""
     from mimflow_core.data import load_dataset
-
     from mimflow_lab import load_model
 
     check_checkpoints([checkpoint], data, weights=weights)
