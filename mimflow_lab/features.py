@@ -253,6 +253,12 @@ def check_checkpoints(paths: Sequence[str | os.PathLike], data: str, *,
     if not paths:
         raise MIMFlowError("checkpoint: give at least one checkpoint file")
     infos = [load_model(p, weights=weights)[1] for p in paths]
+    check_image_sizes(infos, data)
+    return infos
+
+
+def check_image_sizes(infos: Sequence["CheckpointInfo"], data: str) -> None:
+    """Refuse checkpoints of different image sizes or channel counts, or of another size than an npz's images."""
     first = infos[0]
     for info in infos[1:]:
         if (info.config.image_size, info.config.channels) != (first.config.image_size, first.config.channels):
@@ -263,7 +269,6 @@ def check_checkpoints(paths: Sequence[str | os.PathLike], data: str, *,
     if size is not None and size != first.config.image_size:
         raise MIMFlowError(f"{first.path}: trained on {first.config.image_size} px images, "
                            f"but {data} holds {size} px images")
-    return infos
 
 
 # ---------------------------------------------------------------------------- the pass
@@ -352,8 +357,8 @@ def export_features(checkpoint: str | os.PathLike, out: str | os.PathLike, *, de
     from mimflow_core.data import load_dataset
     from mimflow_lab import load_model
 
-    check_checkpoints([checkpoint], data, weights=weights)
-    model, info = load_model(checkpoint, weights=weights, device=device)
+    model, info = load_model(checkpoint, weights=weights, device=device)  # one checkpoint: load once, then check
+    check_image_sizes([info], data)
     names = parse_depths(depths, info.config, layers)
     parts = []
     for split in splits:

@@ -41,14 +41,13 @@ def fid(checkpoint: str | None, samples: int, reference: str | None, cfg: float,
     checkpoint of the newest run under runs/.
     """
     from mimflow_core.atomic import write_json
+    from mimflow_core.distributed import distributed_process
     from mimflow_core.errors import MIMFlowError
     from mimflow_lab import load_model
+    from mimflow_lab.defaults import resolve_checkpoints
     from mimflow_lab.metrics import load_inception, report_lines
     from mimflow_lab.metrics.npz import open_images, read_reference_stats
-    from mimflow_core.distributed import distributed_process
     from mimflow_lab.sampling import ShardPlan, run_shards
-
-    from mimflow_lab.defaults import resolve_checkpoints
 
     (checkpoint,) = resolve_checkpoints([checkpoint] if checkpoint else [])
     if reference is None and rfid is None:
@@ -151,7 +150,6 @@ def _reference_features(reference: str, inception, source):
     import numpy as np
 
     from mimflow_lab.defaults import CACHE_ROOT
-
     from mimflow_lab.metrics import npz_features
     from mimflow_lab.metrics.features import Features
     from mimflow_lab.metrics.npz import write_npz
