@@ -2,25 +2,43 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from mimflow_core.errors import MIMFlowError
-from mimflow_lab.cli import cli
-from mimflow_lab.recipes import load_recipes, redraw_all
+from mimflow_lab.cli import cli, main
+from mimflow_lab.recipes import RENDERERS, load_recipes, redraw_all
 from mimflow_lab.tables import render_tab5a, render_tab10
 
 ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
 
 
 def test_recipes_cover_every_paper_artefact():
-    names = {r.name for r in load_recipes(ANALYSES)}
-    assert names == {"fig4_umap", "fig5_jacobian", "fig6_probe", "tab5a_masking", "tab10_tokens"}
-    for recipe in load_recipes(ANALYSES):
-        assert callable(recipe.plot_function()), recipe.name
+    from mimflow_lab.jacobian import plot_jacobian
+    from mimflow_lab.probe import plot_probe
+    from mimflow_lab.umap_analysis import plot_umap
+
+    recipes = {r.name: r for r in load_recipes(ANALYSES)}
+    assert {name: r.plot for name, r in recipes.items()} == {
+        "fig4_umap": "umap", "fig5_jacobian": "jacobian", "fig6_probe": "probe", "tab5a_masking": "tab5a",
+        "tab10_tokens": "tab10"}
+    functions = {"umap": plot_umap, "jacobian": plot_jacobian, "probe": plot_probe, "tab5a": render_tab5a,
+                 "tab10": render_tab10}
+    for recipe in recipes.values():
+        assert recipe.plot_function() is functions[recipe.plot], recipe.name
+
+
+def test_old_module_function_spelling_is_accepted_for_the_registered_renderers(tmp_path):
+    for name, (module, attr) in RENDERERS.items():
+        (tmp_path / f"{name}.toml").write_text(f'title = "t"\nresult = "r"\nfigure = "f"\nplot = "{module}:{attr}"\n'
+                                              f'command = "c"\n')
+    assert [(r.name, r.plot) for r in load_recipes(tmp_path)] == [(name, name) for name in sorted(RENDERERS)]
 
 
 def test_missing_results_are_named_with_their_command(tmp_path):
@@ -79,3 +97,80 @@ def test_every_figure_redraws_from_fixture_results(tmp_path):
     rows = json.loads((FIXTURES / "tab5a" / "tab5a.json").read_text())["rows"]
     for row in rows:
         assert f"| {row['mask_ratio']} | {row['rfid']:.4g} | {row['gfid']:.4g} |" in tab5a
+
+
+# A recipe directory is input anyone may hand over: each case would run, copy, move, read or write something
+# outside --results/--out if the recipe were trusted. "a_ok.toml", a valid recipe sorted first, shows that
+# nothing is drawn either once any recipe is refused.
+TOKENS = {"rows": [{"K": 128, "step_s": 1.0, "sample_s": 4.0, "activation_bytes": 2**21}]}
+ATTACKS = {  # case: (plot, result, figure, the refusal); {tmp} is the test's tmp_path
+    "copy a file out": ("shutil:copy", "{tmp}/secret.txt", "stolen", "plot 'shutil:copy' is not a registered renderer"),
+    "move a user's file": ("os:rename", "mine.json", "moved", "plot 'os:rename' is not a registered renderer"),
+    "an unregistered project function": ("mimflow_lab.tables:_write_table", "tokens.json", "t",
+                                         "plot 'mimflow_lab.tables:_write_table' is not a registered renderer"),
+    "result escapes": ("tab10", "../../outside.json", "t",
+                       "result '../../outside.json' must be a relative path inside the results directory"),
+    "absolute result": ("tab10", "{tmp}/outside.json", "t",
+                        "result '{tmp}/outside.json' must be a relative path inside the results directory"),
+    "result symlinked out": ("tab10", "link.json", "t",
+                             "result 'link.json' must be a relative path inside the results directory"),
+    "figure escapes": ("tab10", "tokens.json", "../escape",
+                       "figure '../escape' must be a relative path inside the figures directory"),
+    "absolute figure": ("tab10", "tokens.json", "{tmp}/escape",
+                        "figure '{tmp}/escape' must be a relative path inside the figures directory"),
+}
+
+
+def _attack(tmp_path: Path, plot: str, result: str, figure: str) -> list[str]:
+    """A user's results, figures and files, plus a recipe directory holding a valid and a hostile recipe."""
+    (tmp_path / "secret.txt").write_text("secret")
+    (tmp_path / "outside.json").write_text(json.dumps(TOKENS))
+    results = tmp_path / "work" / "results"
+    results.mkdir(parents=True)
+    (results / "tokens.json").write_text(json.dumps(TOKENS))
+    (results / "mine.json").write_text("the user's")
+    (results / "run.sh").write_text(f"#!/bin/sh\ntouch {tmp_path / 'pwned'}\n")
+    (results / "run.sh").chmod(0o755)
+    (results / "link.json").symlink_to(tmp_path / "outside.json")
+    (tmp_path / "work" / "figs").mkdir()
+    recipes = tmp_path / "work" / "recipes"
+    recipes.mkdir()
+    for name, fields in {"a_ok": ("tab10", "tokens.json", "ok"), "evil": (plot, result, figure)}.items():
+        plot_, result_, figure_ = (json.dumps(v.format(tmp=tmp_path)) for v in fields)
+        (recipes / f"{name}.toml").write_text(f"title = 't'\nresult = {result_}\nfigure = {figure_}\n"
+                                              f"plot = {plot_}\ncommand = 'c'\n")
+    return ["figures", "--recipes", str(recipes), "--results", str(results), "--out", str(tmp_path / "work" / "figs")]
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with what it holds, to show that nothing was created, moved or copied."""
+    return {str(p.relative_to(root)): ("link", os.readlink(p)) if p.is_symlink() else ("dir",) if p.is_dir()
+            else ("file", p.read_bytes(), p.stat().st_mode) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", ATTACKS)
+def test_hostile_recipe_is_refused_in_one_line_and_touches_nothing(tmp_path, capsys, case):
+    plot, result, figure, message = ATTACKS[case]
+    argv = _attack(tmp_path, plot, result, figure)
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)   # the console script's entry point: MIMFlowError -> one line, exit code 2
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert str(tmp_path / "work" / "recipes" / "evil.toml") in lines[0] and message.format(tmp=tmp_path) in lines[0]
+    assert _tree(tmp_path) == before
+
+
+def test_recipe_cannot_run_a_script(tmp_path):
+    """Through the real command line in a subprocess: ``os:execl`` would replace a test process with the script."""
+    argv = _attack(tmp_path, "os:execl", "run.sh", "x")
+    before = _tree(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "mimflow_lab.cli", *argv], capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "evil.toml: plot 'os:execl' is not a registered renderer (valid: jacobian, probe, tab10, tab5a, umap)" \
+        in lines[0]
+    assert not (tmp_path / "pwned").exists() and _tree(tmp_path) == before
