@@ -121,16 +121,19 @@ def generation_producer(model: torch.nn.Module, inception: FIDInception, labels:
 
 
 def reconstruction_producer(model: torch.nn.Module, inception: FIDInception, dataset, device: torch.device,
-                            keep_images: bool) -> Producer:
-    """Encode (no mask, no noise) and decode dataset images; features of both originals and reconstructions."""
+                            keep_images: bool, with_originals: bool = True) -> Producer:
+    """Encode (no mask, no noise) and decode dataset images; features of the reconstructions and, when they are
+    the reference (``with_originals``), of the originals too (``real_*``): with a reference batch given, running
+    the originals through the Inception would double the cost for nothing."""
 
     def produce(indices: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.stack([dataset[int(i)][0] for i in indices]).to(device)
         with torch.no_grad():
             recon = model.decode(model.encode(x).z)
-        real, fake = to_uint8(x), to_uint8(recon)
-        out = {"labels": dataset.labels[indices], **inception_features(inception, fake).arrays(),
-               **{f"real_{k}": v for k, v in inception_features(inception, real).arrays().items()}}
+        fake = to_uint8(recon)
+        out = {"labels": dataset.labels[indices], **inception_features(inception, fake).arrays()}
+        if with_originals:
+            out.update({f"real_{k}": v for k, v in inception_features(inception, to_uint8(x)).arrays().items()})
         return {**out, "images": fake.cpu().numpy()} if keep_images else out
 
     return produce

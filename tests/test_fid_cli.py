@@ -142,6 +142,23 @@ def test_rfid_equals_evaluate_of_originals_and_reconstructions(setup, tmp_path):
     assert metrics["run"]["mode"] == "reconstruction" and metrics["fid"] > 0
 
 
+def test_rfid_against_a_reference_batch_skips_the_originals_and_equals_evaluate(setup, tmp_path):
+    """With --ref the originals are not run through the Inception (no real_* features), and the numbers are
+    those of `evaluate REF RECONSTRUCTIONS`."""
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, foolbox_images("cifar10", 6), np.arange(6))
+    run_cli(["fid", str(setup / "tiny.pt"), "--rfid", "digits", "--samples", "4", "--batch", "2", "--ref", str(ref),
+             "--save-npz", str(tmp_path / "recon.npz"), "--out", str(tmp_path / "rfid")])
+    metrics = json.loads((tmp_path / "rfid" / "metrics.json").read_text())
+    with np.load(tmp_path / "rfid" / "shards" / "shard_000000.npz") as shard:
+        assert "pool" in shard.files and not any(k.startswith("real_") for k in shard.files)
+    run_cli(["evaluate", str(ref), str(tmp_path / "recon.npz"), "--out", str(tmp_path / "ev.json")])
+    evaluated = json.loads((tmp_path / "ev.json").read_text())
+    for key in METRIC_KEYS:
+        assert metrics[key] == pytest.approx(evaluated[key], rel=1e-12, abs=1e-12), key
+    assert metrics["run"]["reference"] == str(ref)
+
+
 def test_noise_and_labels_depend_only_on_seed_and_index():
     whole = sample_noise(7, np.arange(8), (4, 2))
     torch.testing.assert_close(sample_noise(7, np.array([5, 2]), (4, 2)), whole[[5, 2]], atol=0, rtol=0)

@@ -85,6 +85,32 @@ def test_ref_stats_then_evaluate_without_classifier(batches, pth_metrics, tmp_pa
     assert "unreliable" in capsys.readouterr().err  # 6 samples for 2048 dimensions
 
 
+def test_ref_stats_caches_the_reference_features_that_fid_and_evaluate_reuse(batches, tmp_path):
+    """The features ref-stats stored are those the Inception gives for the file; a rewritten file is not reused."""
+    from mimflow_lab.metrics import load_inception, npz_features
+    from mimflow_lab.metrics.cache import reference_features
+
+    ref = tmp_path / "ref.npz"
+    run_cli(["ref-stats", str(batches / "ref.npz"), "--out", str(ref), "--batch", "4"])
+    inception, weights = load_inception(None)
+
+    class NoNetwork:  # any use of the network fails the test
+        def __getattr__(self, name):
+            raise AssertionError("the cached reference was run through the Inception again")
+
+        def __call__(self, images):
+            raise AssertionError("the cached reference was run through the Inception again")
+
+    cached = reference_features(ref, NoNetwork(), weights)
+    direct = npz_features(inception, ref, 4)
+    np.testing.assert_allclose(cached.pool, direct.pool, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(cached.spatial, direct.spatial, rtol=1e-6, atol=1e-7)
+    with np.load(ref) as data:  # the same path with other images: the stale entry must not be used
+        np.savez(ref, arr_0=data["arr_0"][::-1].copy())
+    with pytest.raises(AssertionError, match="run through the Inception again"):
+        reference_features(ref, NoNetwork(), weights)
+
+
 @pytest.mark.parametrize("content, message", [
     ({"images": np.zeros((4, 8, 8, 3), np.uint8)}, "no 'arr_0' array"),
     ({"arr_0": np.zeros((4, 8, 8, 3), np.float32)}, "dtype float32"),

@@ -70,7 +70,7 @@ def fid(checkpoint: str | None, samples: int, reference: str | None, cfg: float,
         run = {"checkpoint_sha256": info.sha256, "weights": info.weights,
                "mode": "reconstruction" if rfid else "generation", "samples": total, "batch": batch,
                "cfg": None if rfid else cfg, "seed": None if rfid else seed, "rfid_data": rfid,
-               "split": split if rfid else None, "inception_weights": str(source.path),
+               "split": split if rfid else None, "reference": reference, "inception_weights": str(source.path),
                "keep_images": save_npz is not None}
         _check_same_run(out_dir / "run.json", run)
         if process.is_main:
@@ -96,7 +96,8 @@ def _producer(model, inception, dataset, run: dict, device):
     from mimflow_lab.sampling import balanced_labels, generation_producer, reconstruction_producer
 
     if dataset is not None:
-        return reconstruction_producer(model, inception, dataset, device, run["keep_images"])
+        return reconstruction_producer(model, inception, dataset, device, run["keep_images"],
+                                       with_originals=run["reference"] is None)
     labels = balanced_labels(run["seed"], run["samples"], model.config.num_classes)
     return generation_producer(model, inception, labels, run["cfg"], run["seed"], device, run["keep_images"])
 
@@ -126,7 +127,9 @@ def _merge_and_score(plan, reference, inception, source, out_dir: Path, device, 
     merged = merge_shards(plan, skip=("images",))
     samples = features_of(merged)
     if reference is not None:
-        ref_features = _reference_features(reference, inception, source)
+        from mimflow_lab.metrics.cache import reference_features
+
+        ref_features = reference_features(reference, inception, source)
     else:
         ref_features = features_of(merged, prefix="real_")
     metrics = adm_metrics(ref_features, samples, source, reference_stats, device)
@@ -138,29 +141,3 @@ def _merge_and_score(plan, reference, inception, source, out_dir: Path, device, 
                   streamed={"arr_0": (shape, np.uint8, shard_batches(plan, "images"))})
         metrics["samples_npz"] = str(save_npz)
     return metrics
-
-
-def _reference_features(reference: str, inception, source):
-    """Reference features, cached under $MIMFLOW_CACHE/reference so resumed runs and other models reuse them.
-
-    The cache is keyed by the reference file's path, size and mtime and the weights file.
-    """
-    import hashlib
-
-    import numpy as np
-
-    from mimflow_lab.defaults import CACHE_ROOT
-    from mimflow_lab.metrics import npz_features
-    from mimflow_lab.metrics.features import Features
-    from mimflow_lab.metrics.npz import write_npz
-
-    stat = Path(reference).stat()
-    key = f"{Path(reference).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{source.path}"
-    cache = CACHE_ROOT / "reference" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
-    if cache.is_file():
-        with np.load(cache) as data:
-            if str(data["key"]) == key:
-                return Features.from_arrays({k: data[k] for k in data.files})
-    features = npz_features(inception, reference, desc="reference")
-    write_npz(cache, {"key": np.array(key), **features.arrays()})
-    return features

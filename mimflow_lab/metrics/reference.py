@@ -1,7 +1,9 @@
 """Reference batches in ADM's format, built from any dataset this project reads.
 
 Images are streamed once: each batch goes through the Inception and straight
-into the output's ``arr_0``; the statistics, fitted to the features, follow.
+into the output's ``arr_0``; the statistics, fitted to the features, follow,
+and the features go to the reference cache (:mod:`.cache`) for ``fid`` and
+``evaluate``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from mimflow_core.atomic import write_json
 from mimflow_core.errors import MIMFlowError
 
+from .cache import store_reference_features
 from .features import Features, inception_features, to_uint8
 from .frechet import gaussian_stats
 from .inception import load_inception
@@ -86,6 +89,7 @@ def build_reference(
         return arrays if labels is None else {"arr_1": np.asarray(labels)[keep], **arrays}
 
     write_npz(out, statistics, streamed={"arr_0": ((len(keep), *shape), np.uint8, features_then_images())})
+    store_reference_features(out, weights, Features.concatenate(parts))  # fid and evaluate need not rerun them
     summary = {"source": str(source), "out": str(out), "num_images": int(len(keep)), "image_shape": list(shape),
                "split": split if not str(source).endswith(".npz") else None, "limit": limit, "seed": seed,
                "inception_weights": weights.describe()}

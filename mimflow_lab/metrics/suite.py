@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .cache import reference_features
 from .features import Features, npz_features
 from .frechet import frechet_distance, gaussian_stats
 from .inception import TORCH_FIDELITY_WEIGHTS, FIDInception, WeightsSource
@@ -67,7 +68,7 @@ def evaluate_npz(
 ) -> dict:
     """ADM's evaluator.py: metrics of a sample batch against a reference batch, both ADM npz files."""
     reference_stats = read_reference_stats(reference_path)
-    reference = npz_features(inception, reference_path, batch_size, desc="reference")
+    reference = reference_features(reference_path, inception, weights, batch_size)
     samples = npz_features(inception, samples_path, batch_size, desc="samples")
     result = adm_metrics(reference, samples, weights, reference_stats, device)
     return {"reference": str(reference_path), "samples": str(samples_path), **result}
