@@ -138,11 +138,13 @@ class CheckpointInfo:
 
     @property
     def label(self) -> str:
-        """A short legend label, e.g. "mimflow (mask 0.4-0.6)" or the file name when nothing is recorded."""
-        mask = self.train.get("mask_ratio")
+        """A short legend label, e.g. "mimflow (mask 0.4-0.6)", "mimflow (mask 0.4-0.6, seed 1)" for a run with
+        another seed, or the file name when nothing is recorded."""
+        mask, seed = self.train.get("mask_ratio"), self.train.get("seed")
         if "variant" not in self.train and mask is None:
             return self.path.stem
-        return f"{self.variant} (mask {mask})" if mask is not None else self.variant
+        details = ([f"mask {mask}"] if mask is not None else []) + ([f"seed {seed}"] if seed not in (None, 0) else [])
+        return f"{self.variant} ({', '.join(details)})" if details else self.variant
 
     @functools.cached_property
     def sha256(self) -> str:

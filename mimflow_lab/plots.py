@@ -75,6 +75,38 @@ def new_figure(ncols: int = 1, nrows: int = 1, *, width: float = 3.4, height: fl
     return fig, axes
 
 
+def log_ticks(lo: float, hi: float, max_ticks: int = 5) -> list[float]:
+    """Tick values on a log axis over [lo, hi], at most ``max_ticks`` of them, so labels never collide.
+
+    The densest of 1-2-5, 1-3, decades and every k-th decade that puts 2 to ``max_ticks`` ticks inside (a
+    fixed 1-2-5 set crowds a two-decade panel into "0.0020.005"); a range too narrow for two of those gets
+    evenly spaced round numbers instead.
+    """
+    import math
+
+    from matplotlib.ticker import MaxNLocator
+
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for subs, every in (((1, 2, 5), 1), ((1, 3), 1), ((1,), 1), *(((1,), k) for k in range(2, last - first + 1))):
+        ticks = [t for e in range(first, last + 1) if e % every == 0 for t in (m * 10.0**e for m in subs)
+                 if lo <= t <= hi]
+        if 2 <= len(ticks) <= max_ticks:
+            return ticks
+        if len(ticks) < 2:
+            break
+    return [float(t) for t in MaxNLocator(nbins=max_ticks - 1).tick_values(lo, hi) if lo <= t <= hi]
+
+
+def label_log_axis(axis, lo: float, hi: float, max_ticks: int = 5) -> None:
+    """Log-scale ``axis`` (``ax.xaxis``) with :func:`log_ticks` as plain numbers ("0.002", "10") and no minor labels."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(FixedLocator(log_ticks(lo, hi, max_ticks)))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    axis.set_minor_locator(LogLocator(subs="auto"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def class_colors(n: int) -> list:
     """``n`` distinguishable colours for categorical scatter plots.
 

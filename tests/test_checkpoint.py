@@ -112,3 +112,15 @@ def test_cli_info_summarises_a_checkpoint(saved):
     assert summary["step"] == 42 and summary["train"]["data"] == "digits"
     assert summary["parameters"]["flow"] == sum(p.numel() for p in model.flow.parameters())
     assert summary["config"]["num_tokens"] == model.config.num_tokens
+
+
+def test_label_names_variant_mask_and_a_non_default_seed(tmp_path):
+    from mimflow_core.checkpoint import CheckpointInfo
+    from mimflow_core.config import get_preset
+
+    def label(**train):
+        return CheckpointInfo(tmp_path / "ckpt.pt", get_preset("tiny"), 0, 1, train=train).label
+
+    assert label(variant="mimflow", mask_ratio="0.4-0.6", seed=0) == "mimflow (mask 0.4-0.6)"
+    assert label(variant="mimflow", mask_ratio="0.4-0.6", seed=1) == "mimflow (mask 0.4-0.6, seed 1)"
+    assert label(variant="starflow") == "starflow" and label() == "ckpt"

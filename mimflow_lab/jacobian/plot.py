@@ -19,9 +19,7 @@ def plot_jacobian(result: str | os.PathLike | dict, out_stem: str | os.PathLike,
     The legend gives each model's label and how many samples were drawn out
     of how many were analysed, so flagged samples are visible, not hidden.
     """
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    from mimflow_lab.plots import LINE_COLORS, new_figure, save_figure
+    from mimflow_lab.plots import LINE_COLORS, label_log_axis, new_figure, save_figure
 
     if not isinstance(result, dict):
         with open(result) as f:
@@ -43,9 +41,7 @@ def plot_jacobian(result: str | os.PathLike | dict, out_stem: str | os.PathLike,
             if log_axis:
                 edges = 10.0**edges
                 ax.set_xscale("log")
-                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-                ax.xaxis.set_minor_formatter(NullFormatter())
+                label_log_axis(ax.xaxis, edges[0], edges[-1])
             for m, v, color in zip(models, values, LINE_COLORS):
                 label = f"{m['label']} ({v.size}/{len(m['samples'])})"
                 ax.hist(v, bins=edges, color=color, alpha=0.35, label=label)
