@@ -50,7 +50,7 @@ from mimflow_core.losses import build_aux_targets, build_perceptual, hinge_d_los
 from mimflow_core.model import MIMFlow, count_parameters
 
 VARIANTS = ("mimflow", "starflow", "e2e-nomask")
-CPU_PRESETS = ("tiny", "small")  # no LPIPS weights offline: perceptual loss defaults to 0
+CPU_PRESETS = ("tiny", "digits", "small")  # no LPIPS weights offline: perceptual loss defaults to 0
 PAPER_PERCEPTUAL_WEIGHT = 1.1
 CHECKPOINT = "ckpt.pt"
 # options a resumed run may change; every other option must match the run being resumed

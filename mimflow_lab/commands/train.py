@@ -15,7 +15,7 @@ from click.core import ParameterSource
 @click.command(context_settings={"show_default": True})
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run directory: ckpt.pt, log.jsonl, eval.json, samples.png, reconstructions.png.")
-@click.option("--preset", default="tiny", help="Model size: tiny (32 px, CPU), small (64 px), base, L (256 px).")
+@click.option("--preset", default="tiny", help="Model size: digits (32 px, the demo's), tiny (32 px, CPU), small (64 px), base, L (256 px).")
 @click.option("--data", default="digits",
               help="'digits' (scikit-learn, offline), an ImageFolder directory (<root>/<class>/*.jpg, "
                    "optionally <root>/train|val/...) or an ADM .npz (arr_0 uint8 NHWC, labels arr_1).")
