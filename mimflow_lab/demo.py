@@ -1,19 +1,26 @@
 """The end-to-end demo: every analysis of the paper on the bundled digits, within a time budget.
 
-It runs exactly the commands a user would (printed, and listed in the
-report), in-process, one stage at a time. A stage whose output already exists
-is skipped, so a rerun resumes where the last one stopped. The budget
-(``--minutes``) sets the training steps and sample counts up front from
-measured CPU costs (2 cores: ~0.35 s per tiny training step of 32 images, evaluation included,
-~3 Inception images per second).
+It runs exactly the commands a user would (each printed, logged to
+``<out>/logs/`` and listed in the report) as worker processes, ``--jobs`` at
+a time with the cores split between them: the tiny models are too small to
+keep two threads busy, so two one-thread jobs side by side do more work per
+second than one two-thread job. A stage whose output exists is skipped, so a
+rerun resumes where the last one stopped (an interrupted training resumes
+from its checkpoint).
+
+The budget (``--minutes``) is turned into training steps and sample counts
+up front from costs measured on this machine at start (a few training steps
+and one Inception batch at the workers' thread count), not from constants.
 """
 from __future__ import annotations
 
-import json
 import math
+import os
 import shlex
+import subprocess
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,174 +28,346 @@ import click
 import numpy as np
 
 from mimflow_core.atomic import atomic_write, write_json
+from mimflow_core.errors import MIMFlowError
 
-# Table 5a's training mask ratios -> run name ("none" is the e2e-nomask comparison model)
-# The tiny CPU runs are short: a 10x larger learning rate with warm-up, and beta = 0.03. Both loss terms are
-# means per dimension, so the ELBO's balance puts beta near (K * D) / (C * H * W) = 128 / 3072 = 0.04; at the
-# paper's beta = 1 the flow term wins before the decoder learns to use z (posterior collapse within a few hundred
-# steps; held-out MSE after 800 steps: 0.187 at beta 1, 0.055 at 0.1, 0.040 at 0.03, README "The tiny recipe").
-SHORT_RUN = ("--lr", "1e-3", "--warmup-steps", "50", "--flow-weight", "0.03")
-MASK_RUNS = {"none": "e2e-nomask", "0.2-0.4": "mask-0.2-0.4", "0.4-0.6": "mimflow",
-             "0.6-0.8": "mask-0.6-0.8", "mix": "mask-mix"}
+# The digits recipe (README "The digits recipe"): the `digits` preset (the tiny preset's 64 patches of 4 px, with
+# 3-layer encoder and decoder and MLP ratio 2: the same held-out PSNR per step at ~0.6x the cost), lr 1e-3 after a
+# 50-step warm-up, beta = 0.03. Both loss terms are means per dimension, so the ELBO's balance puts beta near
+# (K * D) / (C * H * W) = 128 / 3072 = 0.04; at the paper's beta = 1 the flow term wins before the decoder learns to
+# use z (posterior collapse).
+PRESET = "digits"
+RECIPE = ("--preset", PRESET, "--data", "digits", "--lr", "1e-3", "--warmup-steps", "50", "--flow-weight", "0.03",
+          "--sample-cfg", "2")
+BATCH = 32
+GAN_STEP_FRACTION = 0.05     # phase-2 steps of the main model, as a share of the phase-1 steps
+SAMPLE_CFG = 2.0             # guidance of the FID samples, the same as the sample grids
+REF_IMAGES = 300             # every held-out digit (mimflow_core.data.DIGITS_TEST_SIZE)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One phase-1 training of the demo."""
+
+    name: str
+    args: tuple[str, ...]          # train options beyond the recipe
+    mask_ratio: str | None         # its Table 5a row (None: not a row)
+    role: str                      # what it is for, said in the report
+
+
+MODELS = (
+    Model("mimflow", ("--mask-ratio", "0.4-0.6"), "0.4-0.6", "MIMFlow: Table 5a's main row, Figures 4-6"),
+    Model("mimflow-seed1", ("--mask-ratio", "0.4-0.6", "--seed", "1"), "0.4-0.6",
+          "MIMFlow again with seed 1: the run-to-run spread every comparison is read against"),
+    Model("e2e-nomask", ("--variant", "e2e-nomask"), "none", "joint training without masking: Table 5a's 'none' row"),
+    Model("starflow", ("--variant", "starflow"), None,
+          "STARFlow-like two-stage baseline (unmasked autoencoder, then the flow on its frozen latents, each stage as "
+          "many steps as MIMFlow's joint training): Figures 4 and 5"),
+)
+# --full: the rest of Table 5a's mask-ratio sweep
+FULL_MODELS = tuple(Model(f"mask-{r}", ("--mask-ratio", r), r, f"Table 5a's {r} row")
+                    for r in ("0.2-0.4", "0.6-0.8", "mix"))
+# The starflow baseline runs twice the steps (autoencoder, then flow), each about half a joint step (measured:
+# 881 + 881 of them took as long as 881 joint steps): every model costs the same.
+STEPS_FACTOR = {"starflow": 2}
+# Worker-seconds of everything but training and Inception, measured on 2 cores (2026-12: 124 s, start-ups
+# included): jacobian x2, probe, umap (numba's first compile included); and ~4 s of start-up per other process.
+ANALYSIS_CORE_S = 150.0
+STARTUP_CORE_S = 4.0
 RECIPES = Path(__file__).resolve().parents[1] / "analyses"
 # Table 10 times the flow per token count: a benchmark (benchmarks/flow_tokens.py), not part of the demo.
 DEMO_RECIPES = ("fig4_umap", "fig5_jacobian", "fig6_probe", "tab5a_masking")
 
 
 @dataclass(frozen=True)
+class Costs:
+    """What one worker spends on this machine: seconds per training step of the demo preset, Inception images per second."""
+
+    step_s: float
+    inception_images_s: float
+    threads: int
+
+    @classmethod
+    def measure(cls, threads: int) -> "Costs":
+        """Time 5 training steps (after two warm-ups) and one 8-image Inception batch at ``threads`` threads."""
+        import tempfile
+
+        import torch
+
+        from mimflow_core.distributed import Process
+        from mimflow_core.train import Trainer, TrainOptions
+        from mimflow_lab.metrics import load_inception
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                opts = TrainOptions(out=tmp, preset=PRESET, batch_size=BATCH, steps=7, evaluate=False, lr=1e-3)
+                trainer = Trainer(opts.resolved(), Process(0, 1, torch.device("cpu")))
+                trainer._enter_stage(trainer.stages[0])
+                images, labels = next(trainer.batches())
+                for _ in range(2):
+                    trainer.train_step(images, labels)
+                t = time.perf_counter()
+                for _ in range(5):
+                    trainer.train_step(images, labels)
+                step_s = (time.perf_counter() - t) / 5
+            inception, _ = load_inception(None, device="cpu")
+            batch = torch.zeros(8, 3, 32, 32, dtype=torch.uint8)
+            with torch.no_grad():
+                inception(batch[:1])
+                t = time.perf_counter()
+                inception(batch)
+            images_s = 8 / (time.perf_counter() - t)
+        finally:
+            torch.set_num_threads(before)
+        return cls(step_s, images_s, threads)
+
+
+@dataclass(frozen=True)
 class Budget:
-    """Work sizes derived from the time budget."""
+    """Work sizes derived from the time budget and the measured costs."""
 
     minutes: float
     steps: int            # phase-1 steps per model
     gan_steps: int        # phase-2 steps of the main model
-    batch: int
-    fid_samples: int      # samples (and reconstructions) per FID evaluation
-    ref_images: int       # held-out digits in the reference batch
+    fid_samples: int      # samples (and reconstructions) per FID evaluation; also the real-digit ceiling's count
     jacobian_samples: int
     umap_samples: int
     probe_mask_ratios: str  # inference mask ratios of the probe
     probe_seeds: str
+    full: bool
+    jobs: int
+    costs: Costs
+
+    @property
+    def models(self) -> tuple[Model, ...]:
+        return MODELS + FULL_MODELS if self.full else MODELS
 
     @classmethod
-    def for_minutes(cls, minutes: float) -> "Budget":
-        """Split the budget: ~55% training (6 models), ~30% Inception, the rest for the analyses."""
+    def plan(cls, minutes: float, costs: Costs, jobs: int = 2, full: bool = False) -> "Budget":
+        """Split ``minutes`` x ``jobs`` worker-seconds: analyses first, 15 % for Inception, the rest for training.
+
+        The smoke mode (``minutes <= 3``, what CI runs) keeps every stage but shrinks each to a few seconds.
+        """
         if minutes <= 0:
-            raise click.BadParameter("must be positive", param_hint="--minutes")
-        seconds = minutes * 60
-        steps = max(10, int(0.55 * seconds / 6 / 0.35))
-        images = 0.30 * seconds * 3.0          # Inception images in the FID share
-        fid = max(10, min(500, int(images / 12)))  # 5 models x (samples + reconstructions) + reference
-        smoke = minutes <= 3  # the CI smoke test: one mask ratio and one seed for the probe
-        return cls(minutes, steps=steps, gan_steps=max(5, steps // 5), batch=32, fid_samples=fid,
-                   ref_images=min(300, 2 * fid), jacobian_samples=min(64, max(8, int(minutes * 3))),
-                   umap_samples=min(300, max(100, int(minutes * 15))),
-                   probe_mask_ratios="0" if smoke else "0,0.5", probe_seeds="0" if smoke else "0,1,2")
+            raise MIMFlowError(f"--minutes {minutes}: must be positive")
+        smoke = minutes <= 3
+        models = MODELS + FULL_MODELS if full else MODELS
+        core_s = 0.95 * minutes * 60 * jobs   # measured: workers were busy 94.5 % of a 16-minute run
+        fixed = (0.25 if smoke else 1.0) * ANALYSIS_CORE_S + STARTUP_CORE_S * (3 * len(models) + 10)
+        rows = sum(m.mask_ratio is not None for m in models)
+        evaluations = len(models) + rows + 2   # gFID per model, rFID per Table 5a row, the untrained, real digits
+        fid_samples = int(0.15 * max(core_s - fixed, 0) * costs.inception_images_s / evaluations)
+        fid_samples = max(10, min(1000, fid_samples - fid_samples % 10))
+        inception_s = (fid_samples * evaluations + REF_IMAGES) / costs.inception_images_s
+        step_units = len(models) + GAN_STEP_FRACTION * 0.5   # a phase-2 step trains only the decoder
+        steps = int(max(core_s - fixed - inception_s, 0) / (costs.step_s * step_units))
+        steps = max(10, min(5000, steps))
+        return cls(minutes, steps=steps, gan_steps=max(5, int(GAN_STEP_FRACTION * steps)), fid_samples=fid_samples,
+                   jacobian_samples=8 if smoke else 32, umap_samples=100 if smoke else 300,
+                   probe_mask_ratios="0" if smoke else "0,0.5", probe_seeds="0" if smoke else "0,1,2",
+                   full=full, jobs=jobs, costs=costs)
 
 
 @dataclass
 class Stage:
     name: str
-    args: list[str]                 # mimflow-lab arguments
-    done: Path                      # the stage is complete when this file exists
-    prepare: Callable[[], None] | None = None
-    finish: Callable[[], None] | None = None
-    commands: list[str] = field(default_factory=list)
+    done: Path                                # the stage is complete when this file exists
+    args: list[str] | None = None             # mimflow-lab arguments, run as a worker process
+    call: Callable[[], None] | None = None    # or quick in-process work (writing an input file)
+    needs: tuple[str, ...] = ()               # stages that must be complete first
+
+    @property
+    def command(self) -> str:
+        return "mimflow-lab " + shlex.join(self.args) if self.args else f"(in-process: {self.name})"
 
 
-def _train(out: Path, name: str, budget: Budget, *extra: str) -> Stage:
-    run = out / "runs" / name
-    args = ["train", "--preset", "tiny", "--data", "digits", "--out", str(run), "--steps", str(budget.steps),
-            "--batch-size", str(budget.batch), "--ckpt-every", str(max(10, budget.steps // 4)), *SHORT_RUN, *extra]
+def _train(out: Path, model: Model, budget: Budget) -> Stage:
+    run = out / "runs" / model.name
+    steps = budget.steps * STEPS_FACTOR.get(model.name, 1)
+    stages = ["--ae-steps", str(budget.steps)] if model.name in STEPS_FACTOR else []
+    args = ["train", *RECIPE, "--out", str(run), "--steps", str(steps), *stages, "--batch-size", str(BATCH),
+            "--ckpt-every", str(max(10, steps // 4)), *model.args]
     if (run / "ckpt.pt").exists():
         args.append("--resume")
-    return Stage(f"train {name}", args, run / "eval.json")
+    return Stage(f"train {model.name}", run / "eval.json", args)
 
 
 def plan(out: Path, budget: Budget) -> list[Stage]:
-    runs, results = out / "runs", out / "results"
-    ckpt = {name: str(runs / name / "ckpt.pt") for name in [*MASK_RUNS.values(), "starflow", "mimflow-gan"]}
-    stages = [_train(out, "mimflow", budget, "--mask-ratio", "0.4-0.6"),
-              _train(out, "e2e-nomask", budget, "--variant", "e2e-nomask"),
-              _train(out, "starflow", budget, "--variant", "starflow"),
-              *(_train(out, MASK_RUNS[r], budget, "--mask-ratio", r) for r in ("0.2-0.4", "0.6-0.8", "mix"))]
-    gan = _train(out, "mimflow-gan", budget, "--phase", "2", "--init", ckpt["mimflow"])
-    gan.args[gan.args.index("--steps") + 1] = str(budget.gan_steps)
-    stages.append(gan)
+    """Every stage in priority order (trainings, then the analyses that end the run, then Inception work).
+
+    ``needs`` says what each waits for; a free worker takes the first stage whose needs are done.
+    """
+    from mimflow_lab.demo_report import collect_tab5a, write_readout
+
+    runs, results, data = out / "runs", out / "results", out / "data"
+    models = budget.models
+    ckpt = {m.name: str(runs / m.name / "ckpt.pt") for m in models}
+    ckpt["untrained"] = str(runs / "untrained" / "ckpt.pt")
+    trained = lambda name: f"train {name}"  # noqa: E731
+    stages = [_train(out, m, budget) for m in models]
+    gan = Stage("train mimflow-gan", runs / "mimflow-gan" / "eval.json",
+                ["train", "--phase", "2", "--init", ckpt["mimflow"], "--out", str(runs / "mimflow-gan"),
+                 "--steps", str(budget.gan_steps), "--batch-size", str(BATCH), "--sample-cfg", str(SAMPLE_CFG),
+                 *(["--resume"] if (runs / "mimflow-gan" / "ckpt.pt").exists() else [])],
+                needs=(trained("mimflow"),))
+    ref, real = results / "ref.npz", data / "real-train-digits.npz"
+    rows = [m.name for m in models if m.mask_ratio is not None]
     stages += [
-        Stage("jacobian (Figure 5)", ["jacobian", ckpt["mimflow"], "--compare", ckpt["starflow"],
-                                      "--samples", str(budget.jacobian_samples), "--batch", "16",
-                                      "--out", str(results / "jacobian")], results / "jacobian" / "jacobian.json"),
-        Stage("probe (Figure 6)", ["probe", *(ckpt[MASK_RUNS[r]] for r in MASK_RUNS), "--depths", "all",
-                                   "--mask-ratios", budget.probe_mask_ratios, "--seeds", budget.probe_seeds,
-                                   "--pixel-baseline", "--cache", str(out / "cache"), "--out", str(results / "probe")],
-              results / "probe" / "probe.json"),
-        Stage("umap (Figure 4)", ["umap", ckpt["starflow"], "--compare", ckpt["mimflow"], "--what", "latent",
-                                  "--samples", str(budget.umap_samples), "--cache", str(out / "cache"),
-                                  "--out", str(results / "umap")],
-              results / "umap" / "umap.json"),
+        gan,
+        Stage("probe (Figure 6)", results / "probe" / "probe.json",
+              ["probe", *(ckpt[name] for name in rows), "--depths", "all", "--mask-ratios", budget.probe_mask_ratios,
+               "--seeds", budget.probe_seeds, "--pixel-baseline", "--cache", str(out / "cache"),
+               "--out", str(results / "probe")], needs=tuple(trained(name) for name in rows)),
+        Stage("umap (Figure 4)", results / "umap" / "umap.json",
+              ["umap", ckpt["starflow"], "--compare", ckpt["mimflow"], "--compare", ckpt["mimflow-seed1"],
+               "--what", "latent", "--samples", str(budget.umap_samples), "--cache", str(out / "cache"),
+               "--out", str(results / "umap")],
+              needs=(trained("starflow"), trained("mimflow"), trained("mimflow-seed1"))),
+        *(Stage(f"jacobian {name} (Figure 5)", results / sub / "jacobian.json",
+                ["jacobian", ckpt[name], "--compare", ckpt["starflow"], "--samples", str(budget.jacobian_samples),
+                 "--batch", "32", "--out", str(results / sub)], needs=(trained(name), trained("starflow")))
+          for name, sub in (("mimflow", "jacobian"), ("mimflow-seed1", "jacobian-seed1"))),
+        Stage("held-out and real digits", real, call=lambda: write_digit_batches(data, budget.fid_samples)),
+        Stage("reference batch (held-out digits)", ref,
+              ["ref-stats", str(data / "heldout-digits.npz"), "--out", str(ref)], needs=("held-out and real digits",)),
+        Stage("untrained baseline", Path(ckpt["untrained"]),
+              call=lambda: save_untrained(Path(ckpt["mimflow"]), Path(ckpt["untrained"])),
+              needs=(trained("mimflow"),)),
+        Stage("real digits vs reference (ceiling)", results / "fid" / "real-digits" / "metrics.json",
+              ["evaluate", str(ref), str(real), "--out", str(results / "fid" / "real-digits" / "metrics.json")],
+              needs=("reference batch (held-out digits)",)),
     ]
-    ref_images = out / "data" / "digits-test.npz"
-    ref = results / "ref.npz"
-    stages.append(Stage("reference batch (held-out digits)",
-                        ["ref-stats", str(ref_images), "--out", str(ref)], ref,
-                        prepare=lambda: _write_heldout_digits(ref_images, budget.ref_images)))
-    for name in MASK_RUNS.values():  # phase-1 models throughout, so the rows differ only in the mask ratio
-        for kind, extra in (("gfid", ["--ref", str(ref)]), ("rfid", ["--rfid", "digits", "--ref", str(ref)])):
-            target = results / "fid" / f"{name}-{kind}"
-            stages.append(Stage(f"{kind} {name}", ["fid", ckpt[name], "--samples", str(budget.fid_samples),
-                                                    "--batch", "50", *extra, "--out", str(target)],
-                                target / "metrics.json"))
-    stages.append(Stage("Table 5a", [], results / "tab5a" / "tab5a.json",
-                        prepare=lambda: collect_tab5a(results, budget)))
+    fid_args = ["--samples", str(budget.fid_samples), "--batch", "50", "--ref", str(ref)]
+    for name in [m.name for m in models] + ["untrained"]:
+        target = results / "fid" / f"{name}-gfid"
+        stages.append(Stage(f"gfid {name}", target / "metrics.json",
+                            ["fid", ckpt[name], *fid_args, "--cfg", str(SAMPLE_CFG),
+                             "--save-npz", str(target / "samples.npz"), "--out", str(target)],
+                            needs=("reference batch (held-out digits)",
+                                   trained(name) if name != "untrained" else "untrained baseline")))
+    for name in rows:
+        target = results / "fid" / f"{name}-rfid"
+        stages.append(Stage(f"rfid {name}", target / "metrics.json",
+                            ["fid", ckpt[name], *fid_args, "--rfid", "digits", "--out", str(target)],
+                            needs=("reference batch (held-out digits)", trained(name))))
+    gfids = tuple(s.name for s in stages if s.name.startswith("gfid "))
+    stages += [
+        Stage("sample readout", results / "readout" / "readout.json",
+              call=lambda: write_readout(results, [m.name for m in models] + ["untrained"]), needs=gfids),
+        Stage("Table 5a", results / "tab5a" / "tab5a.json", call=lambda: collect_tab5a(out, budget),
+              needs=("probe (Figure 6)", "real digits vs reference (ceiling)", *gfids,
+                     *(s.name for s in stages if s.name.startswith("rfid ")))),
+    ]
     return stages
 
 
-def _write_heldout_digits(path: Path, count: int) -> None:
-    """The held-out digits at the tiny preset's 32 px as an ADM image npz (uint8 NHWC + labels)."""
+def write_digit_batches(data: Path, real_count: int) -> None:
+    """Two ADM image npz files at 32 px: every held-out digit (the reference), and ``real_count`` training digits.
+
+    The training digits, class-balanced and seeded, are real digits the reference does not hold: what they
+    score against the reference is the best a generator can hope for at the same sample count.
+    """
     from mimflow_core.data import load_dataset
+    from mimflow_lab.features import select_indices
 
-    test = load_dataset("digits", 32, "test")
-    keep = np.random.default_rng(0).permutation(len(test))[:count]
-    images = np.stack([((test[i][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255) for i in keep])
-    labels = np.asarray(test.labels)[keep]
-    atomic_write(path, lambda f: np.savez(f, arr_0=images.astype(np.uint8), arr_1=labels.astype(np.int64)))
-
-
-def collect_tab5a(results: Path, budget: Budget) -> None:
-    """Table 5a's rows from the FID and probe results of each mask-ratio model."""
-    probe = json.loads((results / "probe" / "probe.json").read_text())
-    steps = {name: json.loads((results.parent / "runs" / name / "eval.json").read_text())["step"]
-             for name in MASK_RUNS.values()}
-    rows = []
-    for ratio, name in MASK_RUNS.items():
-        gfid = json.loads((results / "fid" / f"{name}-gfid" / "metrics.json").read_text())
-        rfid = json.loads((results / "fid" / f"{name}-rfid" / "metrics.json").read_text())
-        rows.append({"mask_ratio": ratio, "run": name, "rfid": rfid["fid"], "gfid": gfid["fid"],
-                     "inception_score": gfid.get("inception_score"), "precision": gfid["precision"],
-                     "recall": gfid["recall"], "probe_accuracy": encoder_accuracy(probe, name),
-                     "train_steps": steps[name]})
-    write_json(results / "tab5a" / "tab5a.json", {
-        "rows": rows, "fid_samples": budget.fid_samples, "reference_images": budget.ref_images,
-        "notes": (f"Ours: tiny preset on scikit-learn digits (32 px), {max(steps.values())} phase-1 training steps per model, "
-                  f"FID from {budget.fid_samples} samples against {budget.ref_images} held-out digits "
-                  "(far below the 2048 feature dimensions: comparable across rows, not with the paper). "
-                  "Acc. = linear probe on encoder features before the projection, inference mask ratio 0."),
-    })
+    for split, name, count in (("test", "heldout-digits", None), ("train", "real-train-digits", real_count)):
+        dataset = load_dataset("digits", 32, split)
+        labels = np.asarray(dataset.labels)
+        keep = select_indices(labels, count, None, seed=0)
+        images = np.stack([((dataset[int(i)][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)
+                           for i in keep]).astype(np.uint8)
+        atomic_write(data / f"{name}.npz", lambda f: np.savez(f, arr_0=images, arr_1=labels[keep].astype(np.int64)))
 
 
-def encoder_accuracy(probe: dict, run: str) -> float | None:
-    """Table 5a's Acc.: the probe on pre-projection encoder features at inference mask ratio 0, in %."""
-    for row in probe.get("results", []):
-        if (Path(row["checkpoint_path"]).parent.name == run and row["depth"] == "encoder"
-                and float(row["mask_ratio"]) == 0):
-            return row["accuracy_mean"]
-    return None
+def save_untrained(like: Path, path: Path, seed: int = 0) -> None:
+    """A freshly initialised model with ``like``'s architecture: the FID a trained model must beat."""
+    import torch
+
+    from mimflow_core.checkpoint import build_model, load_checkpoint, save_checkpoint
+
+    stored = load_checkpoint(like)
+    torch.manual_seed(seed)
+    model = build_model(stored["config"], like)
+    save_checkpoint(path, model, step=0, phase=1, train={**stored.get("train", {}), "variant": "untrained"})
 
 
-def run_demo(out: str | Path, minutes: float) -> Path:
+def run_stages(stages: list[Stage], out: Path, jobs: int, threads: int) -> dict[str, float | None]:
+    """Run every stage not done yet, up to ``jobs`` worker processes at once; returns wall seconds per stage.
+
+    A worker's output goes to ``<out>/logs/<stage>.log``. When a stage fails, the ones running beside it
+    finish (their work is kept for the rerun) and the demo stops with the failed stage's log named.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TQDM_MININTERVAL": "10", "MIMFLOW_CACHE": os.environ.get("MIMFLOW_CACHE", str(out / "cache"))}
+    index = {s.name: i for i, s in enumerate(stages, 1)}
+    timings: dict[str, float | None] = {}
+    pending = []
+    for stage in stages:
+        if stage.done.exists():
+            click.echo(f"[{index[stage.name]}/{len(stages)}] {stage.name}: done earlier ({stage.done})", err=True)
+            timings[stage.name] = None
+        else:
+            pending.append(stage)
+    running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
+    failed: list[str] = []
+    while pending or running:
+        ready = [s for s in pending if not failed and all(n in timings for n in s.needs)]
+        for stage in ready:
+            if stage.call is None and len(running) >= jobs:
+                continue
+            pending.remove(stage)
+            tag = f"[{index[stage.name]}/{len(stages)}] {stage.name}"
+            t0 = time.time()
+            if stage.call is not None:
+                stage.call()
+                timings[stage.name] = round(time.time() - t0, 1)
+                click.echo(f"{tag}: done", err=True)
+                continue
+            log = out / "logs" / (stage.name.split(" (")[0].replace(" ", "-") + ".log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            click.echo(f"{tag}: {stage.command}", err=True)
+            with open(log, "w") as f:
+                proc = subprocess.Popen([sys.executable, "-m", "mimflow_lab.cli", *stage.args], stdout=f,
+                                        stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+            running[stage.name] = (proc, t0, log)
+        if not running:
+            if pending and not failed:  # nothing runs and nothing can start: a dependency is missing
+                raise MIMFlowError(f"demo: stages {', '.join(s.name for s in pending)} wait on stages not planned")
+            break
+        time.sleep(0.5)
+        for name, (proc, t0, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            tag = f"[{index[name]}/{len(stages)}] {name}"
+            if proc.returncode == 0:
+                timings[name] = round(time.time() - t0, 1)
+                click.echo(f"{tag}: done in {timings[name]:.0f} s", err=True)
+            else:
+                failed.append(name)
+                last = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                click.echo(f"{tag}: failed (exit {proc.returncode}): {last[0][:300]}", err=True)
+    if failed:
+        logs = ", ".join(str(out / "logs" / (n.split(" (")[0].replace(" ", "-") + ".log")) for n in failed)
+        raise MIMFlowError(f"demo: {', '.join(failed)} failed; see {logs}; rerun the same command to resume")
+    return timings
+
+
+def run_demo(out: str | Path, minutes: float, jobs: int = 2, full: bool = False) -> Path:
     """Run (or resume) every stage, redraw the figures, and write ``report.md``; returns its path."""
-    from mimflow_lab.cli import cli
+    from mimflow_lab.demo_report import render_report
     from mimflow_lab.recipes import load_recipes, redraw_all
 
     out = Path(out)
-    budget = Budget.for_minutes(minutes)
-    stages = plan(out, budget)
     started = time.time()
-    timings = {}
-    for i, stage in enumerate(stages, 1):
-        command = "mimflow-lab " + shlex.join(stage.args) if stage.args else "(collects the results above)"
-        if stage.done.exists():
-            click.echo(f"[{i}/{len(stages)}] {stage.name}: done earlier ({stage.done})", err=True)
-            timings[stage.name] = None
-            continue
-        click.echo(f"[{i}/{len(stages)}] {stage.name}: {command}", err=True)
-        t0 = time.time()
-        if stage.prepare:
-            stage.prepare()
-        if stage.args:
-            cli.main(args=stage.args, prog_name="mimflow-lab", standalone_mode=False)
-        timings[stage.name] = round(time.time() - t0, 1)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    budget = budget_for(out, minutes, jobs, full, threads)
+    click.echo(f"demo: {budget.steps} steps per model, {budget.fid_samples} samples per FID "
+               f"({budget.costs.step_s:.2f} s/step, {budget.costs.inception_images_s:.1f} Inception images/s "
+               f"per job, {jobs} jobs x {threads} threads)", err=True)
+    stages = plan(out, budget)
+    timings = run_stages(stages, out, jobs, threads)
     recipes = [r for r in load_recipes(RECIPES) if r.name in DEMO_RECIPES]
     drawn = redraw_all(recipes, out / "results", out / "figures")
     report = out / "report.md"
@@ -198,47 +377,21 @@ def run_demo(out: str | Path, minutes: float) -> Path:
     return report
 
 
-def render_report(out: Path, budget: Budget, stages: list[Stage], drawn, timings: dict, seconds: float) -> str:
-    results = out / "results"
-    lines = ["# MIMFlow Lab demo report", "",
-             f"Tiny MIMFlow models trained on scikit-learn's digits (32 px, CPU); budget {budget.minutes:g} min, "
-             f"this run {seconds / 60:.1f} min. Every number below is read from the result files in "
-             f"`{results}`; rerunning `mimflow-lab demo --out {out}` resumes and redraws.", "",
-             "## Figures", ""]
-    for item in drawn:
-        if item.files is None:
-            lines.append(f"- {item.recipe.title}: **missing** `{item.result_path}` (make it with "
-                         f"`{item.recipe.command}`)")
-            continue
-        for kind, path in sorted(item.files.items()):
-            rel = Path(path).relative_to(out) if Path(path).is_relative_to(out) else Path(path)
-            lines.append(f"- {item.recipe.title} ({kind}): [{rel}]({rel})")
-            if kind == "png":
-                lines.append(f"\n  ![{item.recipe.title}]({rel})\n")
-    lines += ["", "## Training", "", "| run | steps | held-out MSE | PSNR dB | flow bits/dim | wall s |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for run in sorted((out / "runs").glob("*/eval.json")):
-        ev = json.loads(run.read_text())
-        lines.append(f"| {run.parent.name} | {ev.get('step')} | {_fmt(ev.get('recon_mse'))} | "
-                     f"{_fmt(ev.get('recon_psnr_db'))} | {_fmt(ev.get('bpd_heldout'))} | {_fmt(ev.get('train_wall_s'))} |")
-    lines += ["", "Sample grids (one class per row): " + ", ".join(
-        f"[{p.parent.name}]({p.relative_to(out)})" for p in sorted((out / "runs").glob("*/samples.png")))]
-    for name, path in (("Table 5a", results / "tab5a" / "tab5a.json"),
-                       ("Jacobian summary", results / "jacobian" / "jacobian.json")):
-        if path.exists():
-            lines += ["", f"## {name}", "", f"`{path.relative_to(out)}`"]
-    tab = out / "figures" / "tab5a_masking.md"
-    if tab.exists():
-        lines += ["", tab.read_text().replace("# Table 5a", "### Table 5a")]
-    lines += ["", "## Commands", "", "```"]
-    lines += [("mimflow-lab " + shlex.join(s.args)) if s.args else f"# {s.name}: collected from the results above"
-              for s in stages]
-    lines += ["```", "", "## Stage wall times (s; '-' = done by an earlier run)", ""]
-    lines += [f"- {name}: {'-' if t is None else t}" for name, t in timings.items()]
-    return "\n".join(lines) + "\n"
+def budget_for(out: Path, minutes: float, jobs: int, full: bool, threads: int) -> Budget:
+    """The budget of this demo directory: measured and planned once, then reused, so a rerun resumes the same plan."""
+    path = out / "budget.json"
+    if path.exists():
+        import json
 
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
+        stored = json.loads(path.read_text())
+        if stored.get("minutes") == minutes and stored.get("jobs") == jobs and stored.get("full") == full:
+            costs = Costs(**stored["costs"])
+            return Budget.plan(minutes, costs, jobs, full)
+        raise MIMFlowError(f"{path}: this demo was planned with --minutes {stored.get('minutes')} --jobs "
+                           f"{stored.get('jobs')}{' --full' if stored.get('full') else ''}; rerun with those or use "
+                           "another --out")
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise MIMFlowError(f"--minutes {minutes}: must be positive")
+    costs = Costs.measure(threads)
+    write_json(path, {"minutes": minutes, "jobs": jobs, "full": full, "costs": vars(costs)})
+    return Budget.plan(minutes, costs, jobs, full)

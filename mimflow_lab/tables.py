@@ -52,15 +52,23 @@ def _write_table(out_stem: str | os.PathLike, title: str, header: list[str], row
 
 
 def render_tab5a(result: str | os.PathLike | dict, out_stem: str | os.PathLike) -> dict[str, str]:
-    """Table 5a from ``tab5a.json`` (``rows``: mask_ratio + the TAB5A_COLUMNS values, any may be null)."""
+    """Table 5a from ``tab5a.json`` (``rows``: mask_ratio, run + the TAB5A_COLUMNS values, any may be null).
+
+    With ``seed_spread`` (|seed 0 - seed 1| of one mask ratio trained twice) a last row shows the run-to-run
+    spread, so a reader can tell a difference between rows from noise.
+    """
     data = _read(result)
-    header = ["mask ratio", "rFID", "gFID", "IS", "Prec.", "Rec.", "Acc. %",
+    header = ["mask ratio", "run", "rFID", "gFID", "IS", "Prec.", "Rec.", "Acc. %",
               "paper rFID", "paper gFID", "paper Acc. %"]
     rows = []
     for row in data.get("rows", []):
         paper = PAPER_TAB5A.get(str(row.get("mask_ratio")), (None,) * 6)
         ours = [row.get(k) for k in TAB5A_COLUMNS]
-        rows.append([row.get("mask_ratio"), *ours, paper[0], paper[1], paper[5]])
+        rows.append([row.get("mask_ratio"), row.get("run", "-"), *ours, paper[0], paper[1], paper[5]])
+    spread = data.get("seed_spread")
+    if spread:
+        rows.append([f"{spread['mask_ratio']}: run-to-run spread", "|" + " - ".join(spread["runs"]) + "|",
+                     *(spread.get(k) for k in TAB5A_COLUMNS), None, None, None])
     notes = data.get("notes", "") + "\nPaper: ImageNet 256x256, MIMFlow-L, 10k samples (Table 5a)."
     return _write_table(out_stem, "Table 5a - masking strategies", header, rows, notes.strip())
 

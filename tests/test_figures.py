@@ -64,11 +64,27 @@ def test_tab10_ratios_are_computed_from_the_result(tmp_path):
 
 
 def test_tab5a_places_paper_values_beside_ours(tmp_path):
-    rows = [{"mask_ratio": "0.4-0.6", "rfid": 10.0, "gfid": 20.0, "inception_score": None, "precision": 0.5,
-             "recall": 0.4, "probe_accuracy": 91.0}]
+    rows = [{"mask_ratio": "0.4-0.6", "run": "mimflow", "rfid": 10.0, "gfid": 20.0, "inception_score": None,
+             "precision": 0.5, "recall": 0.4, "probe_accuracy": 91.0}]
     files = render_tab5a({"rows": rows}, tmp_path / "t5a")
     md = Path(files["markdown"]).read_text()
-    assert "| 0.4-0.6 | 10 | 20 | - | 0.5 | 0.4 | 91 | 3.4 | 12.82 | 71.3 |" in md
+    assert "| 0.4-0.6 | mimflow | 10 | 20 | - | 0.5 | 0.4 | 91 | 3.4 | 12.82 | 71.3 |" in md
+    assert "spread" not in md
+
+
+def test_tab5a_shows_the_run_to_run_spread_of_two_seeds(tmp_path):
+    from mimflow_lab.demo_report import seed_spread
+
+    base = {"mask_ratio": "0.4-0.6", "inception_score": None, "precision": 0.5, "recall": 0.4}
+    rows = [{**base, "run": "mimflow", "rfid": 10.0, "gfid": 20.0, "probe_accuracy": 91.0},
+            {**base, "run": "mimflow-seed1", "rfid": 12.5, "gfid": 19.0, "probe_accuracy": 90.0},
+            {**base, "mask_ratio": "none", "run": "e2e-nomask", "rfid": 9.0, "gfid": 30.0, "probe_accuracy": 80.0}]
+    spread = seed_spread(rows)
+    assert spread["runs"] == ["mimflow", "mimflow-seed1"]
+    assert (spread["rfid"], spread["gfid"], spread["precision"], spread["probe_accuracy"]) == (2.5, 1.0, 0.0, 1.0)
+    assert seed_spread(rows[1:]) is None  # no mask ratio trained twice: no spread to show
+    md = Path(render_tab5a({"rows": rows, "seed_spread": spread}, tmp_path / "t5a")["markdown"]).read_text()
+    assert "| 0.4-0.6: run-to-run spread | |mimflow - mimflow-seed1| | 2.5 | 1 | - | 0 | 0 | 1 | - | - | - |" in md
 
 
 def test_malformed_recipe_names_the_file(tmp_path):
@@ -96,7 +112,7 @@ def test_every_figure_redraws_from_fixture_results(tmp_path):
     tab5a = (tmp_path / "tab5a_masking.md").read_text()
     rows = json.loads((FIXTURES / "tab5a" / "tab5a.json").read_text())["rows"]
     for row in rows:
-        assert f"| {row['mask_ratio']} | {row['rfid']:.4g} | {row['gfid']:.4g} |" in tab5a
+        assert f"| {row['mask_ratio']} | {row.get('run', '-')} | {row['rfid']:.4g} | {row['gfid']:.4g} |" in tab5a
 
 
 # A recipe directory is input anyone may hand over: each case would run, copy, move, read or write something
@@ -174,3 +190,22 @@ def test_recipe_cannot_run_a_script(tmp_path):
     assert "evil.toml: plot 'os:execl' is not a registered renderer (valid: jacobian, probe, tab10, tab5a, umap)" \
         in lines[0]
     assert not (tmp_path / "pwned").exists() and _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("lo,hi", [(1.5e-3, 0.6), (2e-3, 5e-2), (0.2, 0.5), (0.31, 0.33), (1e-6, 10.0), (0.9, 40.0)])
+def test_log_axis_labels_never_collide(lo, hi):
+    """Figure 5's sigma panels on a 3.2-inch axis: every range gets 2+ labels and no two of them overlap."""
+    from mimflow_lab.plots import label_log_axis, new_figure
+
+    fig, ax = new_figure(1, 1, width=3.2, height=2.6)
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    label_log_axis(ax.xaxis, lo, hi)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()), key=lambda b: b.x0)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    assert len(boxes) >= 2, (lo, hi)
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [(b.x0, b.x1) for b in boxes]
