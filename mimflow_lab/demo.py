@@ -149,8 +149,7 @@ class Budget:
 
         The smoke mode (``minutes <= 3``, what CI runs) keeps every stage but shrinks each to a few seconds.
         """
-        if minutes <= 0:
-            raise MIMFlowError(f"--minutes {minutes}: must be positive")
+        check_minutes(minutes)
         smoke = minutes <= 3
         models = MODELS + FULL_MODELS if full else MODELS
         core_s = 0.95 * minutes * 60 * jobs   # measured: workers were busy 94.5 % of a 16-minute run
@@ -169,6 +168,11 @@ class Budget:
                    full=full, jobs=jobs, costs=costs)
 
 
+def check_minutes(minutes: float) -> None:
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise MIMFlowError(f"--minutes {minutes}: must be a positive number")
+
+
 @dataclass
 class Stage:
     name: str
@@ -180,6 +184,10 @@ class Stage:
     @property
     def command(self) -> str:
         return "mimflow-lab " + shlex.join(self.args) if self.args else f"(in-process: {self.name})"
+
+    def log(self, out: Path) -> Path:
+        """Where a worker stage's output goes: ``<out>/logs/<name without its parenthesis>.log``."""
+        return out / "logs" / (self.name.split(" (")[0].replace(" ", "-") + ".log")
 
 
 def _train(out: Path, model: Model, budget: Budget) -> Stage:
@@ -198,7 +206,7 @@ def plan(out: Path, budget: Budget) -> list[Stage]:
 
     ``needs`` says what each waits for; a free worker takes the first stage whose needs are done.
     """
-    from mimflow_lab.demo_report import collect_tab5a, write_readout
+    from mimflow_lab.demo_report import collect_tab5a, write_findings, write_readout
 
     runs, results, data = out / "runs", out / "results", out / "data"
     models = budget.models
@@ -258,6 +266,9 @@ def plan(out: Path, budget: Budget) -> list[Stage]:
         Stage("Table 5a", results / "tab5a" / "tab5a.json", call=lambda: collect_tab5a(out, budget),
               needs=("probe (Figure 6)", "real digits vs reference (ceiling)", *gfids,
                      *(s.name for s in stages if s.name.startswith("rfid ")))),
+        Stage("findings", results / "findings.json", call=lambda: write_findings(results),
+              needs=("probe (Figure 6)", "umap (Figure 4)", "jacobian mimflow (Figure 5)",
+                     "jacobian mimflow-seed1 (Figure 5)")),
     ]
     return stages
 
@@ -268,15 +279,17 @@ def write_digit_batches(data: Path, real_count: int) -> None:
     The training digits, class-balanced and seeded, are real digits the reference does not hold: what they
     score against the reference is the best a generator can hope for at the same sample count.
     """
+    import torch
+
     from mimflow_core.data import load_dataset
     from mimflow_lab.features import select_indices
+    from mimflow_lab.metrics import to_uint8
 
     for split, name, count in (("test", "heldout-digits", None), ("train", "real-train-digits", real_count)):
         dataset = load_dataset("digits", 32, split)
         labels = np.asarray(dataset.labels)
         keep = select_indices(labels, count, None, seed=0)
-        images = np.stack([((dataset[int(i)][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)
-                           for i in keep]).astype(np.uint8)
+        images = to_uint8(torch.stack([dataset[int(i)][0] for i in keep])).numpy()
         atomic_write(data / f"{name}.npz", lambda f: np.savez(f, arr_0=images, arr_1=labels[keep].astype(np.int64)))
 
 
@@ -310,7 +323,7 @@ def run_stages(stages: list[Stage], out: Path, jobs: int, threads: int) -> dict[
         else:
             pending.append(stage)
     running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
-    failed: list[str] = []
+    failed: list[tuple[str, Path]] = []
     while pending or running:
         ready = [s for s in pending if not failed and all(n in timings for n in s.needs)]
         for stage in ready:
@@ -324,7 +337,7 @@ def run_stages(stages: list[Stage], out: Path, jobs: int, threads: int) -> dict[
                 timings[stage.name] = round(time.time() - t0, 1)
                 click.echo(f"{tag}: done", err=True)
                 continue
-            log = out / "logs" / (stage.name.split(" (")[0].replace(" ", "-") + ".log")
+            log = stage.log(out)
             log.parent.mkdir(parents=True, exist_ok=True)
             click.echo(f"{tag}: {stage.command}", err=True)
             with open(log, "w") as f:
@@ -345,12 +358,12 @@ def run_stages(stages: list[Stage], out: Path, jobs: int, threads: int) -> dict[
                 timings[name] = round(time.time() - t0, 1)
                 click.echo(f"{tag}: done in {timings[name]:.0f} s", err=True)
             else:
-                failed.append(name)
+                failed.append((name, log))
                 last = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
                 click.echo(f"{tag}: failed (exit {proc.returncode}): {last[0][:300]}", err=True)
     if failed:
-        logs = ", ".join(str(out / "logs" / (n.split(" (")[0].replace(" ", "-") + ".log")) for n in failed)
-        raise MIMFlowError(f"demo: {', '.join(failed)} failed; see {logs}; rerun the same command to resume")
+        names, logs = (", ".join(str(x) for x in column) for column in zip(*failed))
+        raise MIMFlowError(f"demo: {names} failed; see {logs}; rerun the same command to resume")
     return timings
 
 
@@ -390,8 +403,7 @@ def budget_for(out: Path, minutes: float, jobs: int, full: bool, threads: int) -
         raise MIMFlowError(f"{path}: this demo was planned with --minutes {stored.get('minutes')} --jobs "
                            f"{stored.get('jobs')}{' --full' if stored.get('full') else ''}; rerun with those or use "
                            "another --out")
-    if not math.isfinite(minutes) or minutes <= 0:
-        raise MIMFlowError(f"--minutes {minutes}: must be positive")
+    check_minutes(minutes)  # before the ~10 s measurement
     costs = Costs.measure(threads)
     write_json(path, {"minutes": minutes, "jobs": jobs, "full": full, "costs": vars(costs)})
     return Budget.plan(minutes, costs, jobs, full)

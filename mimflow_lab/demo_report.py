@@ -17,21 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from mimflow_core.atomic import write_json
-from mimflow_core.errors import MIMFlowError
 from mimflow_lab.demo import FULL_MODELS, MODELS, SAMPLE_CFG, Budget, Stage
+from mimflow_lab.tables import read_result
 
+RULE = __doc__.split("\n\n")[1].replace("\n", " ")  # the verdict rule, as the module docstring states it
 TAB5A_METRICS = ("rfid", "gfid", "precision", "recall", "probe_accuracy")
 # samples a pixel classifier trained on real digits must read as their class to be called recognisable digits
 RECOGNISABLE_READOUT = 80.0
 # what a demo model must reach to be called one that works (each checked in the report's "Targets")
 TARGETS = {"psnr_db": 22.0, "fid_ratio": 3.0, "precision": 0.3, "recall": 0.3, "knn_accuracy": 85.0}
-
-
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise MIMFlowError(f"{path}: cannot read result JSON ({e})") from None
 
 
 def _run_name(path: str) -> str:
@@ -42,15 +36,15 @@ def _run_name(path: str) -> str:
 def collect_tab5a(out: Path, budget: Budget) -> None:
     """Table 5a's rows (every model with a mask ratio), all at ``budget.fid_samples``, and the seed spread."""
     results = out / "results"
-    probe = _load(results / "probe" / "probe.json")
+    probe = read_result(results / "probe" / "probe.json")
     rows = []
     for model in (m for m in budget.models if m.mask_ratio is not None):
-        gfid = _load(results / "fid" / f"{model.name}-gfid" / "metrics.json")
-        rfid = _load(results / "fid" / f"{model.name}-rfid" / "metrics.json")
+        gfid = read_result(results / "fid" / f"{model.name}-gfid" / "metrics.json")
+        rfid = read_result(results / "fid" / f"{model.name}-rfid" / "metrics.json")
         rows.append({"mask_ratio": model.mask_ratio, "run": model.name, "rfid": rfid["fid"], "gfid": gfid["fid"],
                      "inception_score": gfid.get("inception_score"), "precision": gfid["precision"],
                      "recall": gfid["recall"], "probe_accuracy": probe_accuracy(probe, model.name, "encoder"),
-                     "train_steps": _load(out / "runs" / model.name / "eval.json")["step"]})
+                     "train_steps": read_result(out / "runs" / model.name / "eval.json")["step"]})
     write_json(results / "tab5a" / "tab5a.json", {
         "rows": rows, "seed_spread": seed_spread(rows), "fid_samples": budget.fid_samples,
         "notes": (f"Ours: digits preset on scikit-learn digits (32 px), {budget.steps} phase-1 steps per model; "
@@ -98,13 +92,15 @@ def write_readout(results: Path, runs: list[str]) -> None:
     logistic regression on 8x8 average-pooled pixels of the training digits (the digits' native resolution);
     its accuracy on the held-out digits is the ceiling.
     """
+    import torch
     from sklearn.linear_model import LogisticRegression
 
     from mimflow_core.data import load_dataset
+    from mimflow_lab.metrics import to_uint8
 
     train, test = (_npz(results.parent / "data" / f"{name}.npz") for name in ("real-train-digits", "heldout-digits"))
     full = load_dataset("digits", 32, "train")
-    x = np.stack([((full[i][0][0].numpy() + 1) * 127.5) for i in range(len(full))])
+    x = to_uint8(torch.stack([full[i][0] for i in range(len(full))]))[..., 0].numpy().astype(np.float64)
     classifier = LogisticRegression(max_iter=3000).fit(_pool8(x), np.asarray(full.labels))
     models = {}
     for run in runs:
@@ -144,11 +140,11 @@ def verdict(effect: float | None, noise: float | None) -> str:
     return "cannot tell at this scale"
 
 
-def findings(results: Path) -> list[dict]:
-    """The four paper findings the demo tests, each with the numbers, the noise, the rule's verdict."""
-    probe = _load(results / "probe" / "probe.json")
-    umap = _load(results / "umap" / "umap.json")
-    jac = [_load(results / sub / "jacobian.json") for sub in ("jacobian", "jacobian-seed1")]
+def write_findings(results: Path) -> None:
+    """``findings.json``: the four paper findings the demo tests, each with the numbers, the noise, the rule's verdict."""
+    probe = read_result(results / "probe" / "probe.json")
+    umap = read_result(results / "umap" / "umap.json")
+    jac = [read_result(results / sub / "jacobian.json") for sub in ("jacobian", "jacobian-seed1")]
     acc = lambda run, depth="encoder": probe_accuracy(probe, run, depth)  # noqa: E731
     std = lambda run, depth="encoder": probe_accuracy(probe, run, depth, key="accuracy_std") or 0.0  # noqa: E731
     out = []
@@ -214,8 +210,7 @@ def findings(results: Path) -> list[dict]:
                 "effect": rise["mimflow"], "noise": noise,
                 "verdict": "cannot tell at this scale" if rise["mimflow"] is None
                 else "disagrees" if significant_rise else "agrees"})
-    write_json(results / "findings.json", {"rule": __doc__.split("\n\n")[1].replace("\n", " "), "findings": out})
-    return out
+    write_json(results / "findings.json", {"rule": RULE, "findings": out})
 
 
 def base_summary(model: dict, key: str) -> float | None:
@@ -266,10 +261,10 @@ def render_report(out: Path, budget: Budget, stages: list[Stage], drawn, timings
     if tab.exists():
         lines += ["", tab.read_text().replace("# Table 5a", "## Table 5a").rstrip()]
     lines += ["", "## The paper's findings at this scale", "",
-              "Rule: " + __doc__.split("\n\n")[1].replace("\n", " "), "",
+              "Rule: " + RULE, "",
               "| finding | paper | ours | effect | noise | verdict |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {f['finding']} | {f['paper']} | {f['ours']} | {_num(f['effect'])} | {_num(f['noise'])} | "
-              f"**{f['verdict']}** |" for f in findings(results)]
+              f"**{f['verdict']}** |" for f in read_result(results / "findings.json")["findings"]]
     lines += ["", "## Figures", ""]
     for item in drawn:
         if item.files is None:
@@ -291,11 +286,11 @@ def render_report(out: Path, budget: Budget, stages: list[Stage], drawn, timings
 def _targets_section(out: Path, budget: Budget) -> list[str]:
     """Whether the models are good enough for their numbers to mean something, target by target."""
     fid, t = out / "results" / "fid", TARGETS
-    main, untrained = (_load(fid / f"{run}-gfid" / "metrics.json") for run in ("mimflow", "untrained"))
-    panels = {_run_name(p["checkpoint"]["path"]): p for p in _load(out / "results" / "umap" / "umap.json")["panels"]
+    main, untrained = (read_result(fid / f"{run}-gfid" / "metrics.json") for run in ("mimflow", "untrained"))
+    panels = {_run_name(p["checkpoint"]["path"]): p for p in read_result(out / "results" / "umap" / "umap.json")["panels"]
               if "checkpoint" in p}
     knn = panels.get("mimflow", {}).get("knn_accuracy")
-    psnr = {m.name: _load(out / "runs" / m.name / "eval.json").get("recon_psnr_db") for m in budget.models}
+    psnr = {m.name: read_result(out / "runs" / m.name / "eval.json").get("recon_psnr_db") for m in budget.models}
     checks = [
         (f"held-out PSNR >= {t['psnr_db']:g} dB, every phase-1 model",
          ", ".join(f"{run} {_num(v)}" for run, v in psnr.items()), all((v or 0) >= t["psnr_db"] for v in psnr.values())),
@@ -313,7 +308,7 @@ def _targets_section(out: Path, budget: Budget) -> list[str]:
 
 
 def _models_section(out: Path, budget: Budget) -> list[str]:
-    readout = _load(out / "results" / "readout" / "readout.json")
+    readout = read_result(out / "results" / "readout" / "readout.json")
     roles = {m.name: m.role for m in MODELS + FULL_MODELS}
     roles["mimflow-gan"] = "phase 2: MIMFlow's decoder fine-tuned with the PatchGAN (alpha 0.05)"
     lines = ["## Models", "",
@@ -328,7 +323,7 @@ def _models_section(out: Path, budget: Budget) -> list[str]:
         path = out / "runs" / run / "eval.json"
         if not path.exists():
             continue
-        ev = _load(path)
+        ev = read_result(path)
         read = readout["models"].get(run, {}).get("accuracy")
         judged = "-" if read is None else ("recognisable digits" if read >= RECOGNISABLE_READOUT
                                            else "not reliably recognisable")
@@ -348,15 +343,15 @@ def _generation_section(out: Path, budget: Budget) -> list[str]:
              f"{budget.fid_samples} class-balanced samples (cfg {SAMPLE_CFG}) per model against all 300 held-out digits; "
              f"the ceiling row is {budget.fid_samples} real training digits against the same reference.", "",
              "| samples | FID | sFID | precision | recall | FID / MIMFlow's |", "| --- | --- | --- | --- | --- | --- |"]
-    base = _load(fid / "mimflow-gfid" / "metrics.json")["fid"]
+    base = read_result(fid / "mimflow-gfid" / "metrics.json")["fid"]
     rows = [(f"{m.name}", fid / f"{m.name}-gfid") for m in budget.models]
     rows += [("untrained (same architecture)", fid / "untrained-gfid"), ("real digits (ceiling)", fid / "real-digits")]
     for name, where in rows:
-        m = _load(where / "metrics.json")
+        m = read_result(where / "metrics.json")
         lines.append(f"| {name} | {_num(m['fid'])} | {_num(m.get('sfid'))} | {_num(m['precision'])} | "
                      f"{_num(m['recall'])} | {_num(m['fid'] / base)} |")
-    untrained = _load(fid / "untrained-gfid" / "metrics.json")["fid"]
-    main = _load(fid / "mimflow-gfid" / "metrics.json")
+    untrained = read_result(fid / "untrained-gfid" / "metrics.json")["fid"]
+    main = read_result(fid / "mimflow-gfid" / "metrics.json")
     lines += ["", f"MIMFlow's FID is {untrained / base:.1f}x lower than the untrained model's; its precision "
                   f"{main['precision']:.2f} and recall {main['recall']:.2f}."]
     return lines

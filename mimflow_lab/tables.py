@@ -27,7 +27,8 @@ TAB5A_COLUMNS = ("rfid", "gfid", "inception_score", "precision", "recall", "prob
 PAPER_TAB10 = {128: (183.0, 1.60), 256: (352.0, 3.64), 1024: (1515.0, 25.3)}
 
 
-def _read(path: str | os.PathLike | dict) -> dict:
+def read_result(path: str | os.PathLike | dict) -> dict:
+    """A result JSON file (or an already-read dict); an unreadable one is one error naming the file."""
     if isinstance(path, dict):
         return path
     try:
@@ -57,7 +58,7 @@ def render_tab5a(result: str | os.PathLike | dict, out_stem: str | os.PathLike) 
     With ``seed_spread`` (|seed 0 - seed 1| of one mask ratio trained twice) a last row shows the run-to-run
     spread, so a reader can tell a difference between rows from noise.
     """
-    data = _read(result)
+    data = read_result(result)
     header = ["mask ratio", "run", "rFID", "gFID", "IS", "Prec.", "Rec.", "Acc. %",
               "paper rFID", "paper gFID", "paper Acc. %"]
     rows = []
@@ -75,7 +76,7 @@ def render_tab5a(result: str | os.PathLike | dict, out_stem: str | os.PathLike) 
 
 def render_tab10(result: str | os.PathLike | dict, out_stem: str | os.PathLike) -> dict[str, str]:
     """Table 10 from ``tokens.json`` (written by ``benchmarks/flow_tokens.py --json``)."""
-    data = _read(result)
+    data = read_result(result)
     runs = {int(r["K"]): r for r in data.get("rows", [])}
     if 128 not in runs:
         raise MIMFlowError(f"{result}: Table 10 needs a K = 128 row to take ratios against")
