@@ -33,7 +33,7 @@ from mimflow_core.config import get_preset
 from mimflow_core.data import load_dataset
 from mimflow_core.model import MIMFlow
 from mimflow_lab import load_model
-from mimflow_lab.features import FeatureSettings, extract_features, parse_depths
+from mimflow_lab.depth_features import FeatureSettings, extract_depth_features, parse_depths
 from mimflow_lab.probe import ProbeSettings, probe_checkpoints, stratified_split
 
 
@@ -83,7 +83,7 @@ def naive(ckpt: str, data: str, depths: list[str], ratios: list[float], max_trai
             for s, ds in splits.items():  # a full forward pass for this depth alone
                 fs = FeatureSettings(data=data, split=s, mask_ratio=r, layers="." in name,
                                      max_samples=max_train if s == "train" else None)
-                feats[s] = extract_features(model, ds, info.sha256, fs, cache=None, device=device, progress=False)
+                feats[s] = extract_depth_features(model, ds, info.sha256, fs, cache=None, device=device, progress=False)
             out[(r, name)] = sklearn_probe(feats["train"][name], feats["train"]["labels"], feats["test"][name],
                                            feats["test"]["labels"], settings)
     return out

@@ -282,7 +282,7 @@ def write_digit_batches(data: Path, real_count: int) -> None:
     import torch
 
     from mimflow_core.data import load_dataset
-    from mimflow_lab.features import select_indices
+    from mimflow_lab.depth_features import select_indices
     from mimflow_lab.metrics import to_uint8
 
     for split, name, count in (("test", "heldout-digits", None), ("train", "real-train-digits", real_count)):

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from mimflow_core.atomic import atomic_open, write_json
 from mimflow_core.checkpoint import load_model
 from mimflow_core.errors import MIMFlowError
-from mimflow_lab.features import (DEFAULT_CACHE, FeatureSettings, check_checkpoints, dist_info, extract_features,
+from mimflow_lab.depth_features import (DEFAULT_CACHE, FeatureSettings, check_checkpoints, dist_info, extract_depth_features,
                                   needs_layers, parse_depths, select_indices)
 
 WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -464,7 +464,7 @@ def probe_checkpoints(paths: Sequence[str | os.PathLike], *, depths: str | Seque
     for checked in infos:
         model, info = load_model(checked.path, weights=weights, device=device)  # one model in memory at a time
         checkpoints.append(checkpoint_record(info))
-        feats = {(r, s): extract_features(model, ds, info.sha256, FeatureSettings(
+        feats = {(r, s): extract_depth_features(model, ds, info.sha256, FeatureSettings(
             data=data, split=s, mask_ratio=r, pool=pool, layers=needs_layers(names), seed=seed,
             shard_size=shard_size, max_samples=max_train if s == "train" else None, weights=info.weights),
             cache=cache, device=device, num_workers=num_workers, progress=progress)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from mimflow_core.distributed import Process
 from mimflow_core.errors import MIMFlowError
 
-from mimflow_lab.metrics.features import Features, inception_features, to_uint8
+from mimflow_lab.metrics.inception_features import Features, inception_features, to_uint8
 from mimflow_lab.metrics.inception import FIDInception
 from mimflow_lab.metrics.npz import write_npz
 

@@ -29,7 +29,7 @@ import torch
 from mimflow_core.atomic import atomic_open, write_json
 from mimflow_core.checkpoint import load_model
 from mimflow_core.errors import MIMFlowError
-from mimflow_lab.features import (DEFAULT_CACHE, FeatureSettings, check_checkpoints, dist_info, extract_features,
+from mimflow_lab.depth_features import (DEFAULT_CACHE, FeatureSettings, check_checkpoints, dist_info, extract_depth_features,
                                   parse_depths, select_indices)
 
 PIXELS = "pixels"  # a panel of raw pixels instead of a checkpoint
@@ -104,7 +104,7 @@ def umap_compare(panels: Sequence[str], *, what: str = "latent", samples: int = 
             labels, record, label = dataset.labels[index], None, "raw pixels"
         else:
             model, info = load_model(panel, weights=weights, device=device)  # one model in memory at a time
-            out = extract_features(model, dataset, info.sha256, FeatureSettings(
+            out = extract_depth_features(model, dataset, info.sha256, FeatureSettings(
                 data=data, split=split, mask_ratio=mask_ratio, pool=pool, seed=seed, shard_size=shard_size,
                 max_samples=samples, classes=classes, weights=info.weights),
                 cache=cache, device=device, num_workers=num_workers, progress=progress)

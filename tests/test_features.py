@@ -11,7 +11,7 @@ from mimflow_core.config import get_preset
 from mimflow_core.data import load_dataset
 from mimflow_core.errors import MIMFlowError
 from mimflow_core.model import MIMFlow
-from mimflow_lab import features as F
+from mimflow_lab import depth_features as F
 from mimflow_lab import load_model
 from mimflow_lab.jacobian.synthetic import randomise_outputs
 
@@ -107,7 +107,7 @@ def test_flow_features_use_the_unconditional_label(ckpt, digits_test):
 def test_cache_equals_recomputed_and_resumes(ckpt, digits_test, tmp_path, monkeypatch):
     model, info = load_model(ckpt)
     settings = F.FeatureSettings(split="test", mask_ratio=0.5, layers=True, shard_size=64)  # 300 -> 5 shards
-    fresh = F.extract_features(model, digits_test, info.sha256, settings, cache=None, progress=False)
+    fresh = F.extract_depth_features(model, digits_test, info.sha256, settings, cache=None, progress=False)
     assert fresh["encoder"].shape == (300, 32) and np.array_equal(fresh["labels"], digits_test.labels)
 
     calls = []
@@ -121,17 +121,17 @@ def test_cache_equals_recomputed_and_resumes(ckpt, digits_test, tmp_path, monkey
 
     monkeypatch.setattr(F, "extract_batch", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        F.extract_features(model, digits_test, info.sha256, settings, cache=tmp_path, progress=False)
+        F.extract_depth_features(model, digits_test, info.sha256, settings, cache=tmp_path, progress=False)
     folder = F.cache_dir(tmp_path, info.sha256, settings)
     assert len(list(folder.glob("shard_*.npz"))) == 2 and not list(folder.glob(".*tmp"))
 
     calls.clear()
     monkeypatch.setattr(F, "extract_batch", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    resumed = F.extract_features(model, digits_test, info.sha256, settings, cache=tmp_path, progress=False)
+    resumed = F.extract_depth_features(model, digits_test, info.sha256, settings, cache=tmp_path, progress=False)
     assert len(calls) == 3  # only the missing shards
-    cached = F.extract_features(model, digits_test, info.sha256, settings, cache=tmp_path, progress=False)
+    cached = F.extract_depth_features(model, digits_test, info.sha256, settings, cache=tmp_path, progress=False)
     assert len(calls) == 3  # served from features.npz
-    without_layers = F.extract_features(model, digits_test, info.sha256,
+    without_layers = F.extract_depth_features(model, digits_test, info.sha256,
                                         F.FeatureSettings(split="test", mask_ratio=0.5, shard_size=64),
                                         cache=tmp_path, progress=False)
     assert len(calls) == 3  # an entry with the deep-block layers serves a request without them
@@ -169,7 +169,7 @@ def _rank_main(rank: int, world: int, init: str, ckpt: str, cache: str, out: str
         model, info = load_model(ckpt)
         dataset = load_dataset("digits", 16, "test")
         settings = F.FeatureSettings(split="test", mask_ratio=0.5, shard_size=64)
-        feats = F.extract_features(model, dataset, info.sha256, settings, cache=cache, progress=False)
+        feats = F.extract_depth_features(model, dataset, info.sha256, settings, cache=cache, progress=False)
         np.savez(f"{out}_{rank}.npz", **feats)
     finally:
         torch.distributed.destroy_process_group()
@@ -180,7 +180,7 @@ def test_two_gloo_ranks_give_the_single_process_features(ckpt, digits_test, tmp_
     mp.spawn(_rank_main, args=(2, f"file://{tmp_path / 'init'}", ckpt, str(tmp_path / "cache"),
                                str(tmp_path / "out")), nprocs=2, join=True)
     model, info = load_model(ckpt)
-    single = F.extract_features(model, digits_test, info.sha256,
+    single = F.extract_depth_features(model, digits_test, info.sha256,
                                 F.FeatureSettings(split="test", mask_ratio=0.5, shard_size=64), cache=None,
                                 progress=False)
     for rank in (0, 1):

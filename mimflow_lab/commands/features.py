@@ -39,7 +39,7 @@ def _add_feature_options(command, pool_default: str):
 
     @functools.wraps(command)
     def wrapper(*args, cache=None, **kwargs):
-        from mimflow_lab.features import DEFAULT_CACHE
+        from mimflow_lab.depth_features import DEFAULT_CACHE
 
         return command(*args, cache=cache or DEFAULT_CACHE, **kwargs)
 
@@ -63,7 +63,7 @@ def processes(device: str) -> Iterator[str]:
     """This rank's device, inside the torchrun group when there is one (NCCL on GPUs, Gloo on CPUs).
 
     Each rank then computes its share of the feature shards; see
-    :func:`mimflow_lab.features.extract_features`.
+    :func:`mimflow_lab.depth_features.extract_depth_features`.
     """
     from mimflow_core.distributed import distributed_process
 
@@ -85,7 +85,7 @@ def processes(device: str) -> Iterator[str]:
 def features(checkpoint, depths, layers, mask_ratio, split, max_samples, out, data, pool, weights, seed,
              shard_size, cache, no_cache, device, num_workers) -> None:
     """Export CHECKPOINT's features: one (n, dim) array per depth, plus labels, split and index."""
-    from mimflow_lab.features import export_features
+    from mimflow_lab.depth_features import export_features
 
     with processes(device) as device:
         path = export_features(checkpoint, out, depths=depths, layers=layers, mask_ratio=mask_ratio,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import Features, npz_features
+from .inception_features import Features, npz_features
 from .inception import FIDInception, WeightsSource
 from .npz import write_npz
 

@@ -20,7 +20,7 @@ from mimflow_core.atomic import write_json
 from mimflow_core.errors import MIMFlowError
 
 from .cache import store_reference_features
-from .features import Features, inception_features, to_uint8
+from .inception_features import Features, inception_features, to_uint8
 from .frechet import gaussian_stats
 from .inception import load_inception
 from .npz import open_images, read_array, write_npz

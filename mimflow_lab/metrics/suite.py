@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .cache import reference_features
-from .features import Features, npz_features
+from .inception_features import Features, npz_features
 from .frechet import frechet_distance, gaussian_stats
 from .inception import TORCH_FIDELITY_WEIGHTS, FIDInception, WeightsSource
 from .inception_score import inception_score

@@ -64,7 +64,7 @@ def inception_features(inception: FIDInception, images_nhwc: np.ndarray | torch.
     return Features(out.pool.float().cpu().numpy(), out.spatial.float().cpu().numpy(), logits)
 
 
-def extract_features(
+def extract_inception_features(
     inception: FIDInception, batches: Iterable[np.ndarray], total: int | None = None, desc: str = "inception"
 ) -> Features:
     """Features of a stream of uint8 NHWC batches (progress on stderr)."""
@@ -79,4 +79,4 @@ def extract_features(
 def npz_features(inception: FIDInception, path, batch_size: int = 64, desc: str | None = None) -> Features:
     """Features of an ADM npz's ``arr_0``, streamed ``batch_size`` images at a time."""
     with open_images(path) as reader:
-        return extract_features(inception, reader.batches(batch_size), total=len(reader), desc=desc or str(path))
+        return extract_inception_features(inception, reader.batches(batch_size), total=len(reader), desc=desc or str(path))

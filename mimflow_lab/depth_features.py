@@ -272,7 +272,7 @@ def check_image_sizes(infos: Sequence["CheckpointInfo"], data: str) -> None:
 
 
 # ---------------------------------------------------------------------------- the pass
-def extract_features(model: nn.Module, dataset, checkpoint_sha256: str, settings: FeatureSettings, *,
+def extract_depth_features(model: nn.Module, dataset, checkpoint_sha256: str, settings: FeatureSettings, *,
                      cache: str | os.PathLike | None = DEFAULT_CACHE, device: str | torch.device = "cpu",
                      num_workers: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
     """Features at every depth of ``dataset`` (the split named in ``settings``), cached and resumable.
@@ -366,7 +366,7 @@ def export_features(checkpoint: str | os.PathLike, out: str | os.PathLike, *, de
         settings = FeatureSettings(data=data, split=split, mask_ratio=mask_ratio, pool=pool,
                                    layers=needs_layers(names), seed=seed, shard_size=shard_size,
                                    max_samples=max_samples, weights=info.weights)
-        feats = extract_features(model, dataset, info.sha256, settings, cache=cache, device=device,
+        feats = extract_depth_features(model, dataset, info.sha256, settings, cache=cache, device=device,
                                  num_workers=num_workers, progress=progress)
         parts.append((split, feats, dataset.class_names))
     if dist_info()[0] != 0:
