@@ -47,6 +47,23 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def current_process(device: str | torch.device = "cpu") -> Process:
+    """This process's place in the group it already belongs to (rank 0 of 1 outside one).
+
+    For library code that runs inside a command's :func:`distributed_process`
+    or inside a group its caller set up itself (as the tests do): it takes
+    the rank from the group and never joins or leaves one.
+    """
+    return Process(*dist_info(), torch.device(device))
+
+
 @contextlib.contextmanager
 def distributed_process(device: str | None = "auto", timeout: timedelta = timedelta(hours=6)) -> Iterator[Process]:
     """Yield this process's rank, world size and device, inside the torchrun group when there is one.

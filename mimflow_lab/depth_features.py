@@ -22,9 +22,10 @@ of measuring what the latent encodes.
 Masking draws from a CPU generator seeded by (seed, mask ratio, shard index),
 so a feature depends neither on the device nor on how the work is split
 across processes or resumed. Features are cached as NPZ shards under
-``<cache>/<checkpoint sha256>-<settings hash>/``, written atomically; a rerun
-skips finished shards, and under ``torchrun`` rank r computes shards r,
-r + W, ... while rank 0 merges them.
+``<cache>/<checkpoint sha256>-<settings hash>/`` by the shard engine
+(:mod:`mimflow_lab.shards`): written atomically, a rerun skips finished
+shards, and under ``torchrun`` rank r computes shards r, r + W, ... while
+rank 0 merges them into ``features.npz`` and deletes the shards.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -39,12 +41,14 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from mimflow_core.atomic import atomic_open, write_json
+from mimflow_core.atomic import write_json
 from mimflow_core.config import ModelConfig
+from mimflow_core.distributed import current_process, dist_info
 from mimflow_core.errors import MIMFlowError
 from mimflow_lab.defaults import CACHE_ROOT
+from mimflow_lab.metrics.npz import NpzArrayReader, write_npz
+from mimflow_lab.shards import ShardPlan, merge_shards, read_arrays, run_shards
 
 if TYPE_CHECKING:
     from mimflow_core.checkpoint import CheckpointInfo
@@ -176,44 +180,9 @@ def select_indices(labels: np.ndarray, max_samples: int | None, classes: int | N
     return np.sort(np.concatenate(chosen))
 
 
-def shard_slices(n: int, shard_size: int) -> list[slice]:
-    return [slice(i, min(i + shard_size, n)) for i in range(0, n, shard_size)]
-
-
-def my_shards(num_shards: int, rank: int, world: int) -> list[int]:
-    """Shards computed by ``rank`` of ``world`` processes: rank, rank + world, ..."""
-    return list(range(rank, num_shards, world))
-
-
 def _shard_generator(seed: int, mask_ratio: float, shard: int) -> torch.Generator:
     words = [seed, round(mask_ratio * 1_000_000), shard]
     return torch.Generator().manual_seed(int(np.random.SeedSequence(words).generate_state(1)[0]))
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
-        return None  # unreadable: recompute it
-
-
-# ---------------------------------------------------------------------------- distributed
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist_info()[1] > 1:
-        torch.distributed.barrier()
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -226,14 +195,10 @@ def native_image_size(spec: str) -> int | None:
     path = Path(spec).expanduser()
     if spec == "digits" or path.suffix != ".npz" or not path.is_file():
         return None
-    import zipfile
-
     try:
-        with zipfile.ZipFile(path) as zf, zf.open("arr_0.npy") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape = read_header(f)[0]
-    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        with NpzArrayReader(path) as reader:
+            shape = reader.shape
+    except (MIMFlowError, OSError, ValueError, zipfile.BadZipFile):
         return None  # load_dataset reports what is wrong with the file
     return int(shape[1]) if len(shape) == 4 and shape[1] == shape[2] else None
 
@@ -283,67 +248,50 @@ def extract_depth_features(model: nn.Module, dataset, checkpoint_sha256: str, se
     initialised process group every rank must call this; all get the result.
     """
     indices = select_indices(np.asarray(dataset.labels), settings.max_samples, settings.classes, settings.seed)
-    slices = shard_slices(indices.size, settings.shard_size)
-    folder = None if cache is None else cache_dir(cache, checkpoint_sha256, settings)
-    merged = None if folder is None else folder / "features.npz"
     if cache is not None:
         # an entry with the deep-block layers holds every depth of one without them
         for candidate in [settings] + ([] if settings.layers else [replace(settings, layers=True)]):
-            if (done := _load_npz(cache_dir(cache, checkpoint_sha256, candidate) / "features.npz")) is not None:
+            if (done := read_arrays(cache_dir(cache, checkpoint_sha256, candidate) / "features.npz")) is not None:
                 return done
-    rank, world = dist_info()
-    # shards are written atomically, so an existing file is a finished one
-    todo = [s for s in my_shards(len(slices), rank, world)
-            if folder is None or not (folder / f"shard_{s:06d}.npz").is_file()]
-    results: dict[int, dict[str, np.ndarray]] = {}
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    for shard, (images, labels) in zip(todo, tqdm(_batches(dataset, indices, slices, todo, num_workers),
-                                                  total=len(todo), disable=not progress, leave=False,
-                                                  desc=f"features {settings.split} r={settings.mask_ratio}")):
-        gen = _shard_generator(settings.seed, settings.mask_ratio, shard)
+    process = current_process(device)
+    folder = None if cache is None else cache_dir(cache, checkpoint_sha256, settings)
+    if folder is None and process.world > 1:
+        raise MIMFlowError("features: distributed extraction needs a cache directory to exchange shards")
+    plan = ShardPlan(indices.size, settings.shard_size, folder, items=indices)
+
+    def produce(work: tuple[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, np.ndarray]:
+        shard, (images, labels) = work
         feats = extract_batch(model, images.to(device), settings.mask_ratio, pool=settings.pool,
-                              layers=settings.layers, generator=gen)
-        arrays = {k: v.cpu().numpy() for k, v in feats.items()}
-        arrays |= {"labels": labels.numpy().astype(np.int64), "indices": indices[slices[shard]]}
-        if folder is None:
-            results[shard] = arrays
-        else:
-            _save_npz(folder / f"shard_{shard:06d}.npz", arrays)
+                              layers=settings.layers,
+                              generator=_shard_generator(settings.seed, settings.mask_ratio, shard))
+        return {**{k: v.cpu().numpy() for k, v in feats.items()}, "labels": labels.numpy().astype(np.int64)}
+
+    run_shards(plan, produce, process, inputs=lambda todo: zip(todo, _batches(dataset, plan, todo, num_workers)),
+               desc=f"features {settings.split} r={settings.mask_ratio}", progress=progress, leave=False)
     if folder is None:
-        if world > 1:
-            raise MIMFlowError("features: distributed extraction needs a cache directory to exchange shards")
-        return _concat([results[s] for s in range(len(slices))])
-    _barrier()
-    if rank == 0:
-        shards = [_load_npz(folder / f"shard_{s:06d}.npz") for s in range(len(slices))]
-        if any(s is None for s in shards):
-            raise MIMFlowError(f"{folder}: a feature shard is missing after extraction")
-        out = _concat(shards)
-        _save_npz(merged, out)
+        return merge_shards(plan)
+    process.barrier()
+    merged = folder / "features.npz"
+    if process.is_main:
+        write_npz(merged, merge_shards(plan))
         write_json(folder / "settings.json", {**asdict(settings), "checkpoint_sha256": checkpoint_sha256,
-                                              "num_samples": int(indices.size), "num_shards": len(slices)})
-        for s in range(len(slices)):
-            (folder / f"shard_{s:06d}.npz").unlink()
-    _barrier()
-    return _load_npz(merged)
+                                              "num_samples": int(indices.size), "num_shards": plan.num_shards})
+        plan.remove()
+    process.barrier()
+    return read_arrays(merged)
 
 
-def _batches(dataset, indices: np.ndarray, slices: list[slice], todo: list[int], num_workers: int):
+def _batches(dataset, plan: ShardPlan, todo: list[int], num_workers: int):
     """One (images, labels) batch per shard in ``todo``, loaded with a DataLoader."""
     from torch.utils.data import DataLoader, Subset
 
-    order = np.concatenate([indices[slices[s]] for s in todo]) if todo else np.zeros(0, np.int64)
-    sizes = [slices[s].stop - slices[s].start for s in todo]
+    parts = [plan.indices(s) for s in todo]
+    order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     # Only the globally last shard can be short, and it is last in `todo` too,
     # so fixed-size batches line up with shards.
-    loader = DataLoader(Subset(dataset, order.tolist()), batch_size=max(sizes, default=1), shuffle=False,
+    loader = DataLoader(Subset(dataset, order.tolist()), batch_size=max(map(len, parts), default=1), shuffle=False,
                         num_workers=num_workers)
     return iter(loader)
-
-
-def _concat(shards: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
 
 
 def export_features(checkpoint: str | os.PathLike, out: str | os.PathLike, *, depths: str | Sequence[str] = "all",
@@ -379,5 +327,5 @@ def export_features(checkpoint: str | os.PathLike, out: str | os.PathLike, *, de
     arrays["class_names"] = np.array(parts[0][2])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _save_npz(out, arrays)
+    write_npz(out, arrays)
     return out

@@ -144,14 +144,6 @@ def test_cache_equals_recomputed_and_resumes(ckpt, digits_test, tmp_path, monkey
     assert F.cache_dir(tmp_path, info.sha256, other) != folder
 
 
-def test_shards_partition_the_work():
-    slices = F.shard_slices(1000, 256)
-    assert [(s.start, s.stop) for s in slices] == [(0, 256), (256, 512), (512, 768), (768, 1000)]
-    for world in (1, 2, 3, 5):
-        owned = [F.my_shards(len(slices), r, world) for r in range(world)]
-        assert sorted(s for o in owned for s in o) == list(range(len(slices)))
-
-
 def test_select_indices_is_class_balanced(digits_test):
     idx = F.select_indices(digits_test.labels, 100, None, seed=0)
     assert np.bincount(digits_test.labels[idx]).tolist() == [10] * 10

@@ -22,7 +22,8 @@ from mimflow_core.model import MIMFlow
 from mimflow_lab import sampling
 from mimflow_lab.cli import main
 from mimflow_lab.metrics import to_uint8
-from mimflow_lab.sampling import ShardPlan, balanced_labels, merge_shards, sample_noise
+from mimflow_lab.sampling import balanced_labels, sample_noise
+from mimflow_lab.shards import ShardPlan, merge_shards
 from mimflow_lab.jacobian.synthetic import randomise_outputs
 from tests.test_metrics_cli import run_cli
 from tests.test_metrics_inception import foolbox_images, torchscript_or_skip
