@@ -1,0 +1,120 @@
+"""One FID run of a checkpoint: its samples (or reconstructions) in shards, scored by the ADM suite.
+
+A run lives in one directory: ``run.json`` (what the run is: checkpoint,
+sampling settings, reference, Inception weights), ``shards/`` (filled by
+:mod:`mimflow_lab.shards` with the producers of :mod:`mimflow_lab.sampling`)
+and ``metrics.json``. ``run.json`` is the run's identity: a rerun with the
+same settings resumes from the shards, one with other settings is refused
+instead of mixing samples of two configurations. This is library code, so
+``mimflow-lab fid`` only parses options and prints, and other code can call
+:func:`run_fid` directly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mimflow_core.atomic import write_json
+from mimflow_core.distributed import distributed_process
+from mimflow_core.errors import MIMFlowError
+from mimflow_lab.metrics import adm_metrics, load_inception
+from mimflow_lab.metrics.cache import reference_features
+from mimflow_lab.metrics.inception import FIDInception, WeightsSource
+from mimflow_lab.metrics.npz import open_images, read_reference_stats, write_npz
+from mimflow_lab.sampling import (Producer, balanced_labels, features_of, generation_producer,
+                                  reconstruction_producer)
+from mimflow_lab.shards import ShardPlan, merge_shards, run_shards, shard_batches
+
+
+def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference: str | None, samples: int = 50_000,
+            batch: int = 256, cfg: float = 1.0, seed: int = 0, rfid: str | None = None, split: str = "test",
+            weights: str = "ema", inception_path: str | None = None, save_npz: str | None = None,
+            device: str | None = None) -> dict | None:
+    """IS, FID, sFID, precision and recall of ``checkpoint``'s samples against ``reference``, sharded and resumable.
+
+    With ``rfid`` (a dataset) the model reconstructs at most ``samples`` of
+    its images instead of sampling; without ``reference`` the originals are
+    the reference. Every rank of a ``torchrun`` job calls this and computes
+    its share of the shards; rank 0 merges and scores. Returns the metrics
+    (also written to ``out/metrics.json``) on rank 0, None on the others.
+    """
+    from mimflow_lab import load_model
+
+    if reference is not None:
+        open_images(reference).close()  # a bad reference fails before any sampling
+    out_dir = Path(out)
+    with distributed_process(device) as process:
+        model, info = load_model(checkpoint, weights=weights, device=process.device)
+        inception, source = load_inception(inception_path, device=process.device)
+        if rfid is None:
+            total, dataset = samples, None
+        else:
+            from mimflow_core.data import load_dataset
+
+            dataset = load_dataset(rfid, model.config.image_size, split)
+            total = min(samples, len(dataset))
+        run = {"checkpoint_sha256": info.sha256, "weights": info.weights,
+               "mode": "reconstruction" if rfid else "generation", "samples": total, "batch": batch,
+               "cfg": None if rfid else cfg, "seed": None if rfid else seed, "rfid_data": rfid,
+               "split": split if rfid else None, "reference": reference, "inception_weights": str(source.path),
+               "keep_images": save_npz is not None}
+        _check_same_run(out_dir / "run.json", run)
+        if process.is_main:
+            write_json(out_dir / "run.json", run)
+        plan = ShardPlan(total, batch, out_dir / "shards")
+        started = time.time()
+        run_shards(plan, _producer(model, inception, dataset, run, process.device), process)
+        process.barrier()
+        if not process.is_main:
+            return None
+        metrics = _merge_and_score(plan, reference, inception, source, process.device, save_npz)
+    metrics = {**metrics, "checkpoint": str(checkpoint), "label": info.label, "step": info.step,
+               "run": run, "seconds": round(time.time() - started, 1)}
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _producer(model: torch.nn.Module, inception: FIDInception, dataset, run: dict, device: torch.device) -> Producer:
+    """Reconstructions of ``dataset`` when there is one, else class-balanced samples."""
+    if dataset is not None:
+        return reconstruction_producer(model, inception, dataset, device, run["keep_images"],
+                                       with_originals=run["reference"] is None)
+    labels = balanced_labels(run["seed"], run["samples"], model.config.num_classes)
+    return generation_producer(model, inception, labels, run["cfg"], run["seed"], device, run["keep_images"])
+
+
+def _check_same_run(path: Path, run: dict) -> None:
+    """Refuse to resume from shards that another configuration wrote."""
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    changed = [f"{k} {previous.get(k)!r} -> {v!r}" for k, v in run.items() if previous.get(k) != v]
+    if changed:
+        raise MIMFlowError(f"{path}: shards here come from another run ({'; '.join(changed)}); "
+                           "use another --out or delete that directory")
+
+
+def _merge_and_score(plan: ShardPlan, reference: str | None, inception: FIDInception, source: WeightsSource,
+                     device: torch.device, save_npz: str | None) -> dict:
+    """The ADM metrics of the merged shards (and the samples written as an ADM npz when asked)."""
+    reference_stats = read_reference_stats(reference) if reference else None
+    merged = merge_shards(plan, skip=("images",))
+    samples = features_of(merged)
+    if reference is not None:
+        ref_features = reference_features(reference, inception, source)
+    else:
+        ref_features = features_of(merged, prefix="real_")
+    metrics = adm_metrics(ref_features, samples, source, reference_stats, device)
+    metrics["reference"] = str(reference) if reference else f"{plan.total} dataset images (originals)"
+    if save_npz:
+        with np.load(plan.path(0)) as first:
+            shape = (plan.total, *first["images"].shape[1:])
+        write_npz(save_npz, {"arr_1": merged["labels"]},
+                  streamed={"arr_0": (shape, np.uint8, shard_batches(plan, "images"))})
+        metrics["samples_npz"] = str(save_npz)
+    return metrics
