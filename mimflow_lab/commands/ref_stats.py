@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from mimflow_lab.commands.evaluate import INCEPTION_HELP, default_device, warnings_as_lines
+from mimflow_lab.commands.evaluate import INCEPTION_HELP, warnings_as_lines
 
 
 @click.command("ref-stats")
@@ -25,11 +25,11 @@ def ref_stats(source: str, out: str, size: int | None, split: str, limit: int | 
     The output holds ADM's keys: arr_0 (uint8 NHWC images), arr_1 (labels),
     mu/sigma (pool_3) and mu_s/sigma_s (spatial), plus the weights used.
     """
+    from mimflow_core.distributed import resolve_device
     from mimflow_lab.metrics.reference import build_reference
 
-    device = device or default_device()
     with warnings_as_lines():
         summary = build_reference(source, out, size=size, split=split, limit=limit, seed=seed,
-                                  inception_path=inception_path, batch_size=batch, device=device)
+                                  inception_path=inception_path, batch_size=batch, device=resolve_device(device))
     click.echo(f"wrote {out}: {summary['num_images']} images {summary['image_shape']}, "
                f"weights {summary['inception_weights']}")
