@@ -43,7 +43,7 @@ class ShardPlan:
     shard_size: int
     directory: Path | None
     items: np.ndarray | None = field(default=None, compare=False)  # what position i stands for (default: i)
-    _kept: dict[int, Arrays] = field(default_factory=dict, compare=False, repr=False)  # shards of a plan in memory
+    _kept: dict[int, Arrays] = field(default_factory=dict, init=False, compare=False, repr=False)  # without a directory
 
     @property
     def num_shards(self) -> int:
