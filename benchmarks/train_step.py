@@ -59,7 +59,8 @@ def run_case(name: str, batch_size: int, steps: int, device: str) -> dict:
         if patch_size is not None:  # the aux targets must follow the patch size the model now has
             from mimflow_core.losses import build_aux_targets
             c = trainer.model.config
-            trainer.aux_targets = build_aux_targets("hog", c.patch_size, c.image_size // c.patch_size).to(procs.device)
+            trainer.loss.aux_targets = build_aux_targets("hog", c.patch_size,
+                                                         c.image_size // c.patch_size).to(procs.device)
         trainer._enter_stage(trainer.stages[0])
         images, labels = next(trainer.batches())
         sync = torch.cuda.synchronize if procs.device.type == "cuda" else (lambda: None)

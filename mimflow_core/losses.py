@@ -1,6 +1,7 @@
-"""Training losses: L2 with a masked-patch weight, LPIPS, auxiliary feature targets, GAN hinge.
+"""Training losses: L2 with a masked-patch weight, LPIPS, auxiliary feature targets, GAN hinge, and their sum.
 
-The flow NLL itself comes from :meth:`MIMFlow.nll` (per dimension, plus bits/dim).
+The flow NLL itself comes from :meth:`MIMFlow.nll` (per dimension, plus bits/dim);
+:class:`TrainingLoss` weighs it against the others.
 Auxiliary targets are pluggable (``--aux``): ``hog`` (built in), ``ts:PATH``
 (a TorchScript feature model on disk, e.g. an exported DINO or CLIP) and
 ``hub:DIR:ENTRY`` (a torch.hub repository checked out on disk); several join
@@ -16,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from mimflow_core.errors import MIMFlowError
 from mimflow_core.hog import hog_dim, hog_patch_targets
@@ -257,3 +259,51 @@ def build_aux_targets(spec: str, patch_size: int, grid: int) -> AuxTargets | Non
             name = opts.get("name", entry)
         targets.append(FeatureModelTarget(net, name, grid, size, norm))
     return AuxTargets(targets)
+
+
+# ---------------------------------------------------------------------------- the objective of a step
+class TrainingLoss:
+    """One training step's loss from the model's outputs (``recon``, ``nll``, ``aux``; paper §3.2-3.3):
+
+        L = L2(x, D(z_hat)) [+ w_p LPIPS] + beta * NLL_flow(z_hat) + gamma * L_aux [+ alpha * hinge_g]
+
+    A term is there when its output is: each stage computes only the outputs of what it trains. The
+    GAN term (phase 2, ``disc`` given) sees the discriminator's weights detached, so it trains only
+    the decoder; the discriminator has its own step. Returns the total and every term as a float.
+    """
+
+    def __init__(self, patch_size: int, mim_weight: float, perceptual_weight: float, aux_weight: float,
+                 gan_weight: float, perceptual: PerceptualLoss | None = None, aux_targets: AuxTargets | None = None,
+                 disc: nn.Module | None = None):
+        self.patch_size, self.mim_weight, self.perceptual_weight = patch_size, mim_weight, perceptual_weight
+        self.aux_weight, self.gan_weight = aux_weight, gan_weight
+        self.perceptual, self.aux_targets, self.disc = perceptual, aux_targets, disc
+
+    def __call__(self, out: dict, images: torch.Tensor, mask: torch.Tensor,
+                 beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+        total = torch.zeros((), device=images.device)
+        logs: dict[str, float] = {}
+        if "recon" in out:
+            recon = out["recon"].float()
+            rec = masked_l2(recon, images, mask, self.patch_size, self.mim_weight)
+            total = total + rec
+            logs["rec_l2"] = rec.item()
+            if self.perceptual is not None:
+                perc = self.perceptual(recon, images)
+                total = total + self.perceptual_weight * perc
+                logs["lpips"] = perc.item()
+        if "nll" in out:
+            total = total + beta * out["nll"]["loss"]
+            logs["beta"] = beta
+            logs["nll"] = out["nll"]["loss"].item()
+            logs["bpd"] = out["nll"]["bpd"].mean().item()
+        if "aux" in out:
+            aux = self.aux_targets.loss(out["aux"], self.aux_targets(images), mask)
+            total = total + self.aux_weight * aux["aux"]
+            logs.update({k: v.item() for k, v in aux.items()})
+        if self.disc is not None:
+            frozen = {k: p.detach() for k, p in self.disc.named_parameters()}
+            g_loss = hinge_g_loss(functional_call(self.disc, frozen, (recon,)))
+            total = total + self.gan_weight * g_loss
+            logs["gan_g"] = g_loss.item()
+        return total, logs

@@ -34,9 +34,16 @@ class MIMFlow(nn.Module):
         """Latents of ``images`` (B, C, H, W) in [-1, 1] with ``mask_ratio`` of the patches masked."""
         return self.encoder(images, mask_ratio, generator)
 
-    def add_noise(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z_hat = z + sigma * eps: the posterior sample that the flow and the decoder both see."""
-        noise = torch.randn(z.shape, generator=generator, device=z.device if generator is None else generator.device)
+    def add_noise(self, z: torch.Tensor, noise: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """z_hat = z + sigma * eps: the posterior sample that the flow and the decoder both see.
+
+        ``noise`` is eps when the caller draws it itself (the trainer draws it for the whole global batch,
+        so every world size sees the same eps); otherwise eps is drawn from ``generator``.
+        """
+        if noise is None:
+            noise = torch.randn(z.shape, generator=generator,
+                                device=z.device if generator is None else generator.device)
         return z + self.config.noise_sigma * noise.to(device=z.device, dtype=z.dtype)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

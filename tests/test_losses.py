@@ -1,4 +1,4 @@
-"""Losses: masked-weight L2, HOG vs scikit-image, LPIPS backbone loading, feature-model aux targets, hinge."""
+"""Losses: masked-weight L2, HOG vs scikit-image, LPIPS backbone loading, feature-model aux targets, hinge, their sum."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +9,8 @@ from torch import nn
 
 from mimflow_core.errors import MIMFlowError
 from mimflow_core.hog import hog_cells, hog_patch_targets
-from mimflow_core.losses import (AuxTargets, HOGTarget, build_aux_targets, build_perceptual, hinge_d_loss,
-                                 hinge_g_loss, masked_l2)
+from mimflow_core.losses import (AuxTargets, HOGTarget, TrainingLoss, build_aux_targets, build_perceptual,
+                                 hinge_d_loss, hinge_g_loss, masked_l2)
 
 
 def test_masked_l2_weights_masked_patches_pixelwise():
@@ -130,3 +130,19 @@ def test_aux_loss_is_restricted_to_masked_patches():
     torch.testing.assert_close(targets.loss(pred, target, mask)["aux_hog"], expected)
     none = torch.zeros_like(mask)  # nothing masked (e2e-nomask): every patch counts
     torch.testing.assert_close(targets.loss(pred, target, none)["aux"], ((pred - target) ** 2).mean())
+
+
+def test_training_loss_weighs_only_the_outputs_a_stage_computes():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    mask = torch.tensor([[True, False, False, True], [False, False, True, False]])
+    aux = AuxTargets([HOGTarget(4)])
+    loss = TrainingLoss(4, mim_weight=2.0, perceptual_weight=0.0, aux_weight=0.5, gan_weight=0.05, aux_targets=aux)
+    recon, pred = torch.zeros_like(images), torch.zeros(2, 4, aux.dim)
+    nll = {"loss": torch.tensor(3.0), "bpd": torch.tensor([1.0, 2.0])}
+    total, logs = loss({"recon": recon, "nll": nll, "aux": pred}, images, mask, beta=0.1)
+    expected = masked_l2(recon, images, mask, 4, 2.0) + 0.1 * 3.0 + 0.5 * aux.loss(pred, aux(images), mask)["aux"]
+    assert torch.allclose(total, expected)
+    assert set(logs) == {"rec_l2", "beta", "nll", "bpd", "aux_hog", "aux"} and logs["bpd"] == 1.5
+    total, logs = loss({"nll": nll}, images, mask, beta=0.1)  # the starflow flow stage: the NLL alone
+    assert total.item() == pytest.approx(0.3) and set(logs) == {"beta", "nll", "bpd"}

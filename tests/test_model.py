@@ -74,6 +74,14 @@ def test_sample_shapes_and_determinism(tiny_config):
     assert torch.equal(model.sample(labels, cfg=2.0, noise=noise), a)
 
 
+def test_add_noise_uses_the_given_eps_or_draws_it(tiny_config):
+    model = MIMFlow(tiny_config)
+    z = torch.randn(2, tiny_config.num_tokens, tiny_config.latent_dim)
+    eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model.add_noise(z, eps), z + tiny_config.noise_sigma * eps)
+    assert torch.equal(model.add_noise(z, generator=torch.Generator().manual_seed(1)), model.add_noise(z, eps))
+
+
 def test_nll_matches_gaussian_density_for_identity_flow(tiny_config):
     """A new flow is the identity, so NLL per dim is the standard normal's: 0.5 z^2 + 0.5 log 2pi."""
     model = MIMFlow(tiny_config)
