@@ -1,9 +1,10 @@
 """The ``mimflow-lab`` command line.
 
-Subcommands live in ``mimflow_lab/commands/`` and are imported only when
-called, so ``mimflow-lab --help`` answers without importing torch. Errors a
-user can cause (:class:`~mimflow_core.errors.MIMFlowError`) print one line and
-exit with code 2.
+Subcommands live in ``mimflow_lab/commands/`` and import torch only when
+they run, so ``mimflow-lab --help`` answers without importing it. Errors a
+user can cause (:class:`~mimflow_core.errors.MIMFlowError`, a bad option)
+print one line and exit with code 2. The options the commands share are
+spelled once, in :mod:`mimflow_lab.options`.
 """
 from __future__ import annotations
 
@@ -41,7 +42,17 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mimflow-lab")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="mimflow-lab", message="%(prog)s %(version)s")
 def cli() -> None:
     """Train, analyse and evaluate MIMFlow models."""
 
@@ -55,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("mimflow-lab: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # one line, like every other input error; `--help` shows the usage
+        where = f"mimflow-lab {e.ctx.info_name}" if e.ctx is not None and e.ctx.parent is not None else "mimflow-lab"
+        click.echo(f"{where}: error: {e.format_message()}", err=True)
+        sys.exit(2)
     except click.ClickException as e:
         e.show()
         sys.exit(2)

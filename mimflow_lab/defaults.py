@@ -3,7 +3,8 @@
 ``mimflow-lab probe --depths all`` and ``mimflow-lab fid --samples 50000``
 work without a checkpoint argument when there is an obvious one: the file in
 ``$MIMFLOW_CHECKPOINT``, else the newest ``*.pt`` of the most recently
-modified run directory under ``./runs/``. The choice is always printed.
+modified run directory under ``./runs/`` or under ``./*/runs/`` (where
+``mimflow-lab demo --out DIR`` puts its models). The choice is always printed.
 """
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ def default_checkpoint(runs: str | os.PathLike = "runs") -> Path:
             raise MIMFlowError(f"${ENV_VAR}={named}: no such checkpoint file")
         return path
     root = Path(runs)
-    candidates = [p for p in root.glob("*/*.pt") if p.is_file()] if root.is_dir() else []
+    patterns = (f"{root.name}/*/*.pt", f"*/{root.name}/*/*.pt")
+    candidates = [p for pattern in patterns for p in root.parent.glob(pattern) if p.is_file()]
     if not candidates:
-        raise MIMFlowError(f"no checkpoint given and none found under {root}/*/ (name one, or set ${ENV_VAR})")
+        raise MIMFlowError(f"no checkpoint given and none found under {root}/*/ or */{root.name}/*/ "
+                           f"(name one, or set ${ENV_VAR})")
     newest_run = max({p.parent for p in candidates}, key=lambda d: max(q.stat().st_mtime for q in d.glob("*.pt")))
     return max(newest_run.glob("*.pt"), key=lambda p: p.stat().st_mtime)
 

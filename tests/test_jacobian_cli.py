@@ -38,7 +38,7 @@ def run(tmp_path_factory):
     a = _checkpoint(root / "mimflow.pt", 0.05, "mimflow", 0)
     b = _checkpoint(root / "starflow.pt", 0.1, "starflow", 1)
     out = root / "out"
-    main(["jacobian", str(a), "--compare", str(b), "--samples", "6", "--batch", "4", "--out", str(out)])
+    main(["jacobian", str(a), "--compare", str(b), "--samples", "6", "--batch-size", "4", "--out", str(out)])
     return root, a, b, out, json.loads((out / "jacobian.json").read_text())
 
 
@@ -59,10 +59,12 @@ def test_result_file_matches_exact_svd(run):
         z, zc, y = (torch.from_numpy(f[k]) for k in ("z", "z_compare", "y"))
     assert z.shape == zc.shape == (6, K, D)
     digits = load_dataset("digits", image_size=32, split="test")
-    assert y.tolist() == digits.labels[:6].tolist()
-    model, _ = load_model(a)  # the latents really are this model's encodings of the first test images
+    indices = result["settings"]["indices"]  # a seeded class-balanced subset, not the first six images
+    assert len(indices) == 6 and y.tolist() == digits.labels[indices].tolist() and len(set(y.tolist())) == 6
+    assert indices != list(range(6))
+    model, _ = load_model(a)  # the latents really are this model's encodings of the recorded test images
     with torch.no_grad():
-        images = torch.stack([digits[i][0] for i in range(6)])
+        images = torch.stack([digits[i][0] for i in indices])
         torch.testing.assert_close(model.encode(images).z.double(), z, rtol=1e-5, atol=1e-6)
     for entry, ckpt, latents in zip(result["models"], (a, b), (z, zc)):
         sv = _exact_svd(ckpt, latents, y)
@@ -80,6 +82,8 @@ def test_saved_latents_reproduce_the_result_and_the_figure_redraws_from_json(run
     main(["jacobian", str(a), "--compare", str(b), "--latents", str(out / "latents.npz"), "--method", "exact",
           "--out", str(tmp_path)])
     again = json.loads((tmp_path / "jacobian.json").read_text())
+    # a --latents run records what the file held, not the defaults of --data / --samples it did not use
+    assert again["settings"]["data"] is None and again["settings"]["samples"] == 6
     for first, second in zip(result["models"], again["models"]):
         for key in ("sigma_max", "sigma_min"):
             np.testing.assert_allclose([s[key] for s in second["samples"]], [s[key] for s in first["samples"]],
@@ -116,8 +120,27 @@ def _flowless(root, a):
     return root / "noflow.pt"
 
 
+def test_several_compares_and_the_old_batch_spelling(run, tmp_path, capsys):
+    root, a, b, _, _ = run
+    main(["jacobian", str(a), "--compare", str(b), "--compare", str(a), "--samples", "2", "--batch", "2",
+          "--source", "samples", "--out", str(tmp_path)])
+    assert "--batch is now --batch-size" in capsys.readouterr().err
+    result = json.loads((tmp_path / "jacobian.json").read_text())
+    assert len(result["models"]) == 3 and result["settings"]["batch"] == 2
+    with np.load(tmp_path / "latents.npz") as f:
+        assert {"z", "z_compare", "z_compare2", "y"} <= set(f.files)
+        np.testing.assert_array_equal(f["z"], f["z_compare2"])  # the same model on the same noise
+
+
+def test_method_choices_match_the_estimators():
+    from mimflow_lab.commands.jacobian import METHODS as shown
+    from mimflow_lab.jacobian import METHODS
+
+    assert sorted(shown) == sorted(METHODS)
+
+
 @pytest.mark.parametrize("case, needle", [
-    ("nan", "NaN or Inf"), ("samples", "only 300 test images"), ("method", "unknown method"),
+    ("nan", "NaN or Inf"), ("samples", "only 300 test images"), ("method", "'svd' is not one of"),
     ("noflow", "noflow.pt"), ("blocks", "--blocks 9"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(run, tmp_path, capsys, case, needle):

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import click
 
+from mimflow_lab import options
+from mimflow_lab.options import command
 
-@click.command()
-@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False),
-              help="Directory for runs/, results/, figures/, logs/ and report.md.")
+
+@command()
+@options.out_dir("demo", "runs/, results/, figures/, logs/ and report.md")
 @click.option("--minutes", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Time budget; training steps and sample counts are sized to it from costs measured at start "
                    "(<= 3: the smoke test).")

@@ -5,14 +5,17 @@ import sys
 
 import click
 
+from mimflow_lab import options
+from mimflow_lab.options import command
 
-@click.command()
+
+@command()
 @click.option("--recipes", default="analyses", show_default=True, type=click.Path(file_okay=False),
               help="Directory of *.toml recipes (one per paper artefact).")
 @click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Directory the analyses wrote their result files to.")
-@click.option("--out", default="figures", show_default=True, type=click.Path(file_okay=False),
-              help="Directory for the rendered figures and tables.")
+@options.out_dir("results/figures", "the rendered figures and tables (a checkout's own figures/ is only "
+                 "overwritten when named)")
 def figures(recipes: str, results: str, out: str) -> None:
     """Redraw Figures 4-6 and Tables 5a/10; name each missing result and the command that makes it.
 

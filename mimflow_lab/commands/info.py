@@ -5,14 +5,15 @@ import json
 
 import click
 
-from mimflow_core.model import count_parameters
+from mimflow_lab.options import command
 
 
-@click.command()
+@command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(checkpoint: str, as_json: bool) -> None:
     """Config summary, parameters per module, step, phase and training data of CHECKPOINT."""
+    from mimflow_core.model import count_parameters
     from mimflow_lab import load_model
 
     model, meta = load_model(checkpoint)

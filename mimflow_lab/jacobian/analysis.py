@@ -39,7 +39,8 @@ class Settings:
     batch: int = 32
     blocks: int | None = None  # analyse the first N flow blocks only
     source: str = "data"  # "data" | "samples" | "file"
-    data: str = "digits"
+    data: str | None = "digits"  # None when the latents come from a file
+    split: str | None = "test"
     unconditional: bool = False
     seed: int = 0
     tol: float = 1e-6
@@ -81,22 +82,43 @@ def check_latents(z: Tensor, y: Tensor, model, where: str) -> None:
                            f"use --unconditional")
 
 
-def encode_dataset(model, spec: str, n: int, batch: int, unconditional: bool) -> tuple[Tensor, Tensor]:
-    """z = encoder(x) without masking for the first ``n`` test images, and their labels (or −1)."""
+def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Exactly ``n`` sorted indices with every class as often as possible (±1), drawn with ``seed``.
+
+    Classes take turns, each contributing its images in a seeded random order;
+    a class that runs out drops out of the rotation.
+    """
+    rng = np.random.default_rng(seed)
+    queues = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    turns = [(rank, c, i) for c, queue in enumerate(queues) for rank, i in enumerate(queue)]
+    chosen = [i for _, _, i in sorted(turns)[:n]]
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def encode_dataset(model, spec: str, split: str, n: int, batch: int, seed: int,
+                   unconditional: bool) -> tuple[Tensor, Tensor, np.ndarray]:
+    """z = encoder(x) without masking for a seeded class-balanced subset of ``n`` images of ``split``.
+
+    Taking the first ``n`` images instead would, on an ImageFolder sorted by
+    class, make every latent of Figure 5 one class. Returns the latents, their
+    labels (or −1) and the dataset indices used, which the result records.
+    """
     from mimflow_core.data import load_dataset
 
-    dataset = load_dataset(spec, image_size=model.config.image_size, split="test")
+    dataset = load_dataset(spec, image_size=model.config.image_size, split=split, channels=model.config.channels)
     if n > len(dataset):
-        raise MIMFlowError(f"--samples {n}: dataset {spec} has only {len(dataset)} test images")
+        raise MIMFlowError(f"--samples {n}: dataset {spec} has only {len(dataset)} {split} images")
+    labels = np.asarray(dataset.labels)
+    indices = balanced_subset(labels, n, seed)
     param = next(model.encoder.parameters())
     zs = []
     with torch.no_grad():
-        for start in range(0, n, batch):
-            images = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch))])
+        for start in range(0, indices.size, batch):
+            images = torch.stack([dataset[int(i)][0] for i in indices[start:start + batch]])
             z = model.encode(images.to(param.device, param.dtype), mask_ratio=0.0).z
             zs.append(z.to("cpu", torch.float64))
-    labels = torch.as_tensor(np.asarray(dataset.labels)[:n], dtype=torch.long)
-    return torch.cat(zs), torch.full_like(labels, -1) if unconditional else labels
+    y = torch.as_tensor(labels[indices], dtype=torch.long)
+    return torch.cat(zs), torch.full_like(y, -1) if unconditional else y, indices
 
 
 def sample_latents(model, n: int, batch: int, seed: int, unconditional: bool) -> tuple[Tensor, Tensor]:
@@ -113,7 +135,7 @@ def sample_latents(model, n: int, batch: int, seed: int, unconditional: bool) ->
 
 
 def load_latents(path: str | os.PathLike) -> dict[str, Tensor]:
-    """``z`` (N, K, D), ``y`` (N,) and, when present, ``z_compare`` from a ``latents.npz``."""
+    """``z`` (N, K, D), ``y`` (N,) and, when present, ``z_compare``, ``z_compare2``, ... from a ``latents.npz``."""
     try:
         with np.load(path) as f:
             arrays = {k: torch.from_numpy(np.asarray(f[k])) for k in f.files}
@@ -124,8 +146,8 @@ def load_latents(path: str | os.PathLike) -> dict[str, Tensor]:
     z = arrays["z"].to(torch.float64)
     y = arrays.get("y", torch.full((z.shape[0],), -1)).to(torch.long)
     out = {"z": z, "y": y}
-    if "z_compare" in arrays:
-        out["z_compare"] = arrays["z_compare"].to(torch.float64)
+    for key in (k for k in arrays if k.startswith("z_compare")):
+        out[key] = arrays[key].to(torch.float64)
     return out
 
 
@@ -202,17 +224,24 @@ def analyse_flow(flow, z: Tensor, y: Tensor, settings: Settings, done: dict[int,
                "paper": {"tol": settings.tol, "max_products": settings.max_products}}[settings.method]
     starts = list(range(0, z.shape[0], settings.batch))
     device = next(flow.parameters()).device
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False):
-        if start in done:
-            continue
-        index = torch.arange(start, min(start + settings.batch, z.shape[0]))
-        op = FlowJacobian(flow, z[index].to(device), y[index].to(device), settings.blocks)
-        est = estimate(op, settings.method, seeds=settings.seed * 1_000_003 + 2 * index, **options)
-        done[start] = sample_records(est, certify(op, est), index, y[index])
-        for r in done[start]:
-            r["seconds"] = est.seconds / len(index)
-        if on_batch is not None:
-            on_batch(start, done[start])
+    resumed = sum(len(done[start]) for start in starts if start in done)
+    # per sample, not per batch: a batch of 32 ill-conditioned latents can take many minutes on a CPU
+    with tqdm(total=z.shape[0], initial=resumed, desc=desc, unit="sample", leave=False,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]") as bar:
+        for start in starts:
+            if start in done:
+                continue
+            index = torch.arange(start, min(start + settings.batch, z.shape[0]))
+            op = FlowJacobian(flow, z[index].to(device), y[index].to(device), settings.blocks)
+            before = bar.n
+            est = estimate(op, settings.method, seeds=settings.seed * 1_000_003 + 2 * index, progress=bar.update,
+                           **options)
+            bar.update(before + len(index) - bar.n)  # samples stopped by the iteration cap count as done too
+            done[start] = sample_records(est, certify(op, est), index, y[index])
+            for r in done[start]:
+                r["seconds"] = est.seconds / len(index)
+            if on_batch is not None:
+                on_batch(start, done[start])
     return [r for start in starts for r in done[start]]
 
 
@@ -225,9 +254,19 @@ def model_entry(info, records: list[dict], seconds: float) -> dict:
     }
 
 
+def latents_key(m: int) -> str:
+    """Name in ``latents.npz`` of the m-th checkpoint's latents: z, z_compare, z_compare2, ..."""
+    return "z" if m == 0 else "z_compare" if m == 1 else f"z_compare{m}"
+
+
 def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Settings,
                  latents_file: str | None = None, weights: str = "ema", device: str = "auto") -> dict:
-    """The ``mimflow-lab jacobian`` command: analyse one or two checkpoints, write JSON, latents, figure."""
+    """The ``mimflow-lab jacobian`` command: analyse checkpoints on the same points, write JSON, latents, figure.
+
+    The first checkpoint's latents are ``z`` in ``latents.npz``, the others'
+    ``z_compare``, ``z_compare2``, ...; all models see the same images (their
+    own encoders) or the same noise.
+    """
     from mimflow_core.distributed import resolve_device
     from mimflow_lab import load_model
 
@@ -239,18 +278,20 @@ def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Setti
     given = load_latents(latents_file) if latents_file else None
     partial_path = out / "jacobian.partial.json"
     partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
-    models, latents = [], {}
+    models, latents, used = [], {}, {}
     for m, ckpt in enumerate(checkpoints):
         model, info = load_model(ckpt, weights=weights, device=resolve_device(device))
         flow = prepare_flow(model, settings.blocks, ckpt)
         if settings.method == "exact" and model.config.latent_numel > EXACT_MAX_DIM:
             raise MIMFlowError(f"--method exact: D = {model.config.latent_numel} > {EXACT_MAX_DIM}; use fast")
-        key = "z" if m == 0 else "z_compare"
+        key = latents_key(m)
         if given is not None:
             z, y = given.get(key, given["z"]), given["y"]
             where = str(latents_file)
         elif settings.source == "data":
-            z, y = encode_dataset(model, settings.data, settings.samples, settings.batch, settings.unconditional)
+            z, y, indices = encode_dataset(model, settings.data, settings.split, settings.samples, settings.batch,
+                                           settings.seed, settings.unconditional)
+            used["indices"] = indices.tolist()
             where = f"latents of {settings.data} encoded by {ckpt}"
         else:
             z, y = sample_latents(model, settings.samples, settings.batch, settings.seed, settings.unconditional)
@@ -271,6 +312,9 @@ def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Setti
         models.append(model_entry(info, records, time.perf_counter() - t0))
     save_latents(out / "latents.npz", latents)
     settings_dict = asdict(settings) | {"latents": latents_file, "weights": weights}
+    if given is not None:  # what the file held, not the defaults of options that were not used
+        settings_dict["samples"] = int(latents["y"].shape[0])
+    settings_dict |= used
     result = {"settings": settings_dict, "latents": "latents.npz", "models": models}
     write_json(out / "jacobian.json", result)
     partial_path.unlink(missing_ok=True)

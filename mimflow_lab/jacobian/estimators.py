@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -53,14 +54,26 @@ def start_vectors(seeds: Tensor, dim: int, device: torch.device | str = "cpu") -
     return torch.stack(rows).to(device)
 
 
-def estimate(op: JacobianOperator, method: str, seeds: Tensor, **options) -> SpectrumEstimate:
-    """Run one of :data:`METHODS` on all samples of ``op``."""
+def estimate(op: JacobianOperator, method: str, seeds: Tensor, progress: Callable[[float], None] | None = None,
+             **options) -> SpectrumEstimate:
+    """Run one of :data:`METHODS` on all samples of ``op``.
+
+    ``progress(n)`` is told, while the batch runs, that ``n`` more samples are
+    done (half a sample per converged extreme singular value), so a bar moves
+    within a batch that may take minutes.
+    """
     routes = {"paper": estimate_paper, "fast": estimate_fast, "exact": estimate_exact}
-    return routes[method](op, seeds, **options)
+    return routes[method](op, seeds, progress=progress, **options)
+
+
+def _halves(progress: Callable[[float], None] | None) -> Callable[[int], None] | None:
+    """A finished-rows callback that counts each row as half a sample (σmax and σmin are two solves)."""
+    return None if progress is None else (lambda rows: progress(rows / 2))
 
 
 def estimate_fast(
-    op: JacobianOperator, seeds: Tensor, tol: float = 1e-6, max_iter: int = 300
+    op: JacobianOperator, seeds: Tensor, tol: float = 1e-6, max_iter: int = 300,
+    progress: Callable[[float], None] | None = None,
 ) -> SpectrumEstimate:
     """Lanczos on JᵀJ (σmax) and on J⁻ᵀJ⁻¹ (σmin = 1/σmax(J⁻¹)).
 
@@ -69,8 +82,11 @@ def estimate_fast(
     far more accurate than ``tol``.
     """
     t0 = time.perf_counter()
-    top = lanczos_top(op.normal, start_vectors(seeds, op.dim, op.device), tol=tol, max_iter=max_iter)
-    inv = lanczos_top(op.inverse_normal, start_vectors(seeds + 1, op.dim, op.device), tol=tol, max_iter=max_iter)
+    half = _halves(progress)
+    top = lanczos_top(op.normal, start_vectors(seeds, op.dim, op.device), tol=tol, max_iter=max_iter,
+                      on_finished=half)
+    inv = lanczos_top(op.inverse_normal, start_vectors(seeds + 1, op.dim, op.device), tol=tol, max_iter=max_iter,
+                      on_finished=half)
     products = op.products()
     seconds = time.perf_counter() - t0
     everyone = torch.arange(op.batch, device=op.device)
@@ -97,6 +113,7 @@ def estimate_paper(
     cg_tol: float = 1e-2,
     max_products: int = 20000,
     shift: float = 1e-12,
+    progress: Callable[[float], None] | None = None,
 ) -> SpectrumEstimate:
     """Power iteration (Eq. 9) and inexact shifted inverse iteration with CG (Eqs. 10–11).
 
@@ -105,12 +122,14 @@ def estimate_paper(
     when its products reach ``max_products`` and is reported as not converged.
     """
     t0 = time.perf_counter()
-    top = power_iteration(op.normal, start_vectors(seeds, op.dim, op.device), tol=tol, max_iter=max_iter)
+    half = _halves(progress)
+    top = power_iteration(op.normal, start_vectors(seeds, op.dim, op.device), tol=tol, max_iter=max_iter,
+                          on_finished=half)
     alpha = shift * top.value
     left = lambda idx: (max_products - op.products()["total"][idx]) // 2  # noqa: E731 (JᵀJ = 2 products)
     bottom = inverse_iteration(
         op.normal, start_vectors(seeds + 1, op.dim, op.device), alpha,
-        tol=tol, max_iter=max_iter, cg_tol=cg_tol, budget=left,
+        tol=tol, max_iter=max_iter, cg_tol=cg_tol, budget=left, on_finished=half,
     )
     return SpectrumEstimate(
         sigma_max=top.value.sqrt(),
@@ -125,10 +144,18 @@ def estimate_paper(
     )
 
 
-def estimate_exact(op: JacobianOperator, seeds: Tensor | None = None) -> SpectrumEstimate:
+def estimate_exact(op: JacobianOperator, seeds: Tensor | None = None,
+                   progress: Callable[[float], None] | None = None) -> SpectrumEstimate:
     """Dense Jacobian (``op.dense``) and all its singular values, one sample at a time."""
     t0 = time.perf_counter()
-    spectra = torch.stack([torch.linalg.svdvals(op.dense(i)) for i in range(op.batch)])
+
+    def spectrum(i: int) -> Tensor:
+        values = torch.linalg.svdvals(op.dense(i))
+        if progress is not None:
+            progress(1)
+        return values
+
+    spectra = torch.stack([spectrum(i) for i in range(op.batch)])
     products = op.products()
     products["JT"] = products["JT"] + op.dim  # building J row by row costs D VJPs (or D JVPs)
     products["total"] = products["total"] + op.dim

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 
 Apply = Callable[[Tensor, Tensor], Tensor]
+# Called with how many samples just finished (for a progress bar that moves within a batch).
+Progress = Callable[[int], None]
 
 
 @dataclass
@@ -46,7 +48,8 @@ def _empty_result(v0: Tensor) -> Eigenpair:
     )
 
 
-def lanczos_top(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int = 300) -> Eigenpair:
+def lanczos_top(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int = 300,
+                on_finished: Progress | None = None) -> Eigenpair:
     """Largest eigenpair by Lanczos with full reorthogonalisation, one problem per row.
 
     Full reorthogonalisation (classical Gram–Schmidt, applied twice) keeps the
@@ -91,6 +94,8 @@ def lanczos_top(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int = 300
             out.residual[done] = torch.where(invariant[finished], torch.zeros_like(rel[finished]), rel[finished])
             out.iterations[done] = j + 1
             out.converged[done] = converged[finished]
+            if on_finished is not None:
+                on_finished(done.numel())
         nxt = torch.zeros_like(v0)
         nxt[active] = w / b.clamp_min(torch.finfo(b.dtype).tiny)[:, None]
         basis.append(nxt)
@@ -141,7 +146,8 @@ def _rayleigh(apply: Apply, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     return theta, rel
 
 
-def power_iteration(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int = 1000) -> Eigenpair:
+def power_iteration(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int = 1000,
+                    on_finished: Progress | None = None) -> Eigenpair:
     """Largest eigenpair by power iteration (the paper's Eq. 9 on ``A = JᵀJ``).
 
     A row stops when both the relative change of θ and the relative residual
@@ -161,6 +167,8 @@ def power_iteration(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int =
         done = active[finished]
         out.value[done], out.vector[done] = theta[finished], v[done]
         out.residual[done], out.iterations[done], out.converged[done] = rel[finished], k, converged[finished]
+        if on_finished is not None and done.numel():
+            on_finished(done.numel())
         theta_prev[active] = theta
         v[active] = _unit(Av)
         active = active[~finished]
@@ -178,6 +186,7 @@ def inverse_iteration(
     cg_tol: float = 1e-2,
     cg_max_iter: int = 1000,
     budget: Callable[[Tensor], Tensor] | None = None,
+    on_finished: Progress | None = None,
 ) -> Eigenpair:
     """Smallest eigenpair by inexact shifted inverse iteration (the paper's Eqs. 10–11).
 
@@ -207,6 +216,8 @@ def inverse_iteration(
         done = active[finished]
         out.value[done], out.vector[done] = theta[finished], v[done]
         out.residual[done], out.iterations[done], out.converged[done] = rel[finished], k, converged[finished]
+        if on_finished is not None and done.numel():
+            on_finished(done.numel())
         theta_prev[active] = theta
         active = active[~finished]
         if active.numel() == 0:

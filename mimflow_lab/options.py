@@ -1,0 +1,143 @@
+"""The option vocabulary every command shares: one idea, one name, one help text, one parser.
+
+A user who learns ``--batch-size``, ``--mask-ratio``, ``--out``, ``--split``,
+``--compare``, ``--device``, ``--weights`` or ``--seed`` in one command finds
+it spelled and behaving the same in every other, because each command takes
+the option from here. Last release's spellings (``--batch``, ``--shard-size``,
+``--mask-ratios``) still work for one release: :class:`Command` rewrites them
+and says so in one line on stderr.
+
+Nothing here imports torch: ``mimflow-lab --help`` stays fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+# Old spelling -> new, accepted by every command for one release.
+RENAMED = {"--batch": "--batch-size", "--shard-size": "--batch-size", "--mask-ratios": "--mask-ratio"}
+SPLITS = ("train", "test", "all")
+# Another name of a split: an ImageFolder's held-out folder is called val/, the digits' held-out split test.
+SPLIT_ALIASES = {"val": "test"}
+
+
+def deprecation(message: str) -> None:
+    click.echo(f"mimflow-lab: deprecated: {message}", err=True)
+
+
+class Command(click.Command):
+    """A click command that accepts the old spellings in :data:`RENAMED` (with a deprecation line)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        known = {opt for param in self.params for opt in getattr(param, "opts", ())}
+        respelled = []
+        for i, arg in enumerate(args):
+            if arg == "--":
+                respelled += args[i:]
+                break
+            name, sep, value = arg.partition("=")
+            new = RENAMED.get(name)
+            if new is not None and name not in known and new in known:
+                deprecation(f"{name} is now {new} (the old spelling goes in the next release)")
+                arg = new + sep + value
+            respelled.append(arg)
+        return super().parse_args(ctx, respelled)
+
+
+def command(**kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    """``click.command`` with the shared :class:`Command` class."""
+    return click.command(cls=Command, **kwargs)
+
+
+class SplitChoice(click.Choice):
+    """``train``, ``test`` (the held-out split; ``val`` is the same split) or ``all``."""
+
+    def __init__(self) -> None:
+        super().__init__(SPLITS)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return super().convert(SPLIT_ALIASES.get(value, value), param, ctx)
+
+
+def parse_mask_ratios(values: tuple[str, ...] | list[str] | str) -> list[float]:
+    """``--mask-ratio 0 --mask-ratio 0.5`` and ``--mask-ratio 0,0.5`` -> [0.0, 0.5], each in [0, 1)."""
+    if isinstance(values, str):
+        values = (values,)
+    items = [item.strip() for value in values for item in value.split(",") if item.strip()]
+    try:
+        ratios = [float(item) for item in items]
+    except ValueError:
+        raise click.BadParameter(f"{','.join(items)!r}: expected numbers in [0, 1)", param_hint="--mask-ratio")
+    if not ratios or any(not 0.0 <= r < 1.0 for r in ratios):
+        raise click.BadParameter(f"{','.join(items)!r}: every ratio must lie in [0, 1)", param_hint="--mask-ratio")
+    return list(dict.fromkeys(ratios))
+
+
+def batch_size(default: int, help: str) -> Decorator:
+    return click.option("--batch-size", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+def mask_ratio(default: str = "0", single: bool = False) -> Decorator:
+    """Inference mask ratios: repeatable or comma-separated (``single``: exactly one value, passed as a float)."""
+
+    def convert(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> list[float] | float:
+        ratios = parse_mask_ratios(value or (default,))
+        if not single:
+            return ratios
+        if len(ratios) != 1:
+            raise click.BadParameter(f"this command takes one ratio, got {len(ratios)}", param_hint="--mask-ratio")
+        return ratios[0]
+
+    what = "Inference mask ratio in [0, 1)" if single else \
+        "Inference mask ratio(s) in [0, 1); repeat the option or separate with commas"
+    return click.option("--mask-ratio", "mask_ratio", multiple=True, callback=convert,
+                        help=f"{what}.  [default: {default}]")
+
+
+def out_dir(default: str | None, what: str) -> Decorator:
+    """``--out`` is always a directory; ``what`` says what the command writes into it."""
+    return click.option("--out", default=default, required=default is None, show_default=default is not None,
+                        type=click.Path(file_okay=False), help=f"Output directory: {what}.")
+
+
+def out_dir_or_old_file(default: str, filename: str, what: str) -> Decorator:
+    """``--out DIR`` writing ``DIR/filename``; a path ending like ``filename`` (last release's file form) is taken
+    as that file, with a deprecation line. The command receives the file's path."""
+
+    def convert(_ctx: click.Context, _param: click.Parameter, value: str) -> Path:
+        path = Path(value)
+        if path.suffix == Path(filename).suffix:
+            deprecation(f"--out {value}: --out is now a directory (writes DIR/{filename}); writing {value} this time")
+            return path
+        return path / filename
+
+    return click.option("--out", default=default, show_default=True, callback=convert,
+                        help=f"Output directory: {filename} ({what}).")
+
+
+def split(default: str = "test", help: str = "Dataset split") -> Decorator:
+    return click.option("--split", type=SplitChoice(), default=default, show_default=True,
+                        help=f"{help}: train, test (held out; 'val' is accepted for it) or all.")
+
+
+def compare(help: str) -> Decorator:
+    return click.option("--compare", multiple=True, type=click.Path(dir_okay=False),
+                        help=f"{help} Repeatable.")
+
+
+def device() -> Decorator:
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (cuda:LOCAL_RANK when a GPU is visible, else cpu), cpu, cuda or cuda:N.")
+
+
+def weights() -> Decorator:
+    return click.option("--weights", type=click.Choice(["ema", "raw"]), default="ema", show_default=True,
+                        help="EMA weights (when the checkpoint has them) or the raw training weights.")
+
+
+def seed(help: str) -> Decorator:
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
