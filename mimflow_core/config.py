@@ -1,4 +1,4 @@
-"""Every architecture knob of a MIMFlow model, and the named presets.
+"""Every architecture knob of a MIMFlow model, the named presets, and each preset's training recipe.
 
 A checkpoint stores ``dataclasses.asdict(config)``; the model is rebuilt from
 it alone, so everything that changes a parameter shape lives here.
@@ -121,8 +121,54 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def get_preset(name: str, **overrides) -> ModelConfig:
-    """Return preset ``name`` with some fields replaced (e.g. ``num_tokens=64``)."""
+def _check_preset(name: str) -> None:
     if name not in PRESETS:
         raise MIMFlowError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    """Return preset ``name`` with some fields replaced (e.g. ``num_tokens=64``)."""
+    _check_preset(name)
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """The optimisation settings a preset trains well with: what ``train`` uses where the command line says nothing.
+
+    The paper's recipe (lr 1e-4, no warm-up, beta = 1, batch 256) collapses the small CPU models: both loss
+    terms are means, over pixels and over latent dimensions, so the ELBO's own balance puts beta near
+    K * D / (C * H * W), ~0.04, and at beta = 1 the encoder's cheapest move is to make z carry nothing
+    (README "The tiny recipe"). Phase 2 fine-tunes the decoder at the paper's lr on every preset.
+    """
+
+    lr: float
+    warmup_steps: int
+    flow_weight: float   # beta
+    batch_size: int      # global batch (all processes together)
+
+    def for_phase(self, phase: int) -> "TrainRecipe":
+        """Phase 2 (decoder + GAN) keeps the paper's lr without warm-up, whatever the preset's phase-1 recipe."""
+        if phase == 1:
+            return self
+        return dataclasses.replace(self, lr=PAPER_RECIPE.lr, warmup_steps=PAPER_RECIPE.warmup_steps)
+
+
+PAPER_RECIPE = TrainRecipe(lr=1e-4, warmup_steps=0, flow_weight=1.0, batch_size=256)
+# README "The tiny recipe" / "The digits recipe": lr 1e-3 after a 50-step warm-up, beta = 0.03, batch 32
+CPU_RECIPE = TrainRecipe(lr=1e-3, warmup_steps=50, flow_weight=0.03, batch_size=32)
+
+TRAIN_RECIPES: dict[str, TrainRecipe] = {
+    "tiny": CPU_RECIPE,
+    "digits": CPU_RECIPE,
+    # beta's balance K * D / (C * H * W) is tiny's (512 / 12288); 64 px images, no README run: batch 64
+    "small": dataclasses.replace(CPU_RECIPE, batch_size=64),
+    "base": PAPER_RECIPE,
+    "L": PAPER_RECIPE,
+}
+
+
+def get_recipe(preset: str, phase: int = 1) -> TrainRecipe:
+    """The training recipe of ``preset`` for ``phase`` (1 or 2)."""
+    _check_preset(preset)
+    return TRAIN_RECIPES[preset].for_phase(phase)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from mimflow_core.checkpoint import load_checkpoint
+from mimflow_core.errors import MIMFlowError
 from mimflow_core.train import MaskPolicy, TrainOptions, train
 from mimflow_lab import load_model
 
@@ -51,7 +52,7 @@ def test_resume_continues_exactly_across_an_epoch_boundary_with_beta_warmup(tmp_
     rng = np.random.default_rng(0)  # 36 training images (10% held out), batch 8: 4 batches per epoch; flips on
     np.savez(tmp_path / "d.npz", rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 4)
     common = dict(data=str(tmp_path / "d.npz"), batch_size=8, log_every=1, evaluate=False, aux="hog",
-                  flow_warmup_steps=4)
+                  flow_warmup_steps=4, lr=1e-4, warmup_steps=0, flow_weight=1.0)  # the paper's recipe: beta -> 1
     train(TrainOptions(out=str(tmp_path / "straight"), steps=7, **common))
     train(TrainOptions(out=str(tmp_path / "split"), steps=4, **common))
     train(TrainOptions(out=str(tmp_path / "split"), steps=7, **common), resume=True)
@@ -104,6 +105,21 @@ def test_table5_ablations_are_expressible():
     opts = TrainOptions(out="x", tokens=8, sigma=0.5, aux="none", mask_ratio="mix").resolved()
     assert (opts.tokens, opts.sigma, opts.aux, opts.mask_ratio) == (8, 0.5, "none", "mix")
     assert TrainOptions(out="x", variant="e2e-nomask").resolved().mask_ratio == "none"
+
+
+def test_a_preset_carries_its_training_recipe_and_given_options_win():
+    tiny = TrainOptions(out="x").resolved()
+    assert (tiny.lr, tiny.warmup_steps, tiny.flow_weight, tiny.batch_size) == (1e-3, 50, 0.03, 32)
+    paper = TrainOptions(out="x", preset="L").resolved()
+    assert (paper.lr, paper.warmup_steps, paper.flow_weight, paper.batch_size) == (1e-4, 0, 1.0, 256)
+    given = TrainOptions(out="x", lr=2e-3, flow_weight=1.0).resolved()
+    assert (given.lr, given.warmup_steps, given.flow_weight) == (2e-3, 50, 1.0)
+    gan = TrainOptions(out="x", phase=2, init="p1/ckpt.pt").resolved()  # phase 2: the paper's lr, no warm-up
+    assert (gan.lr, gan.warmup_steps) == (1e-4, 0)
+    with pytest.raises(MIMFlowError, match="unknown preset"):
+        TrainOptions(out="x", preset="XL").resolved()
+    assert "[preset's: 0.001 for tiny/digits/small, 0.0001 for base/L; phase 2: 0.0001]" in " ".join(
+        _cli("--help").stdout.split())
 
 
 def _cli(*args, cwd=None):

@@ -16,14 +16,14 @@ from mimflow_core.train import TrainOptions, train
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     args = ["--steps", "3", "--batch-size", "8", "--log-every", "1", "--no-eval", "--device", "cpu",
-            "--lr", "1e-3", "--seed", "5"]
+            "--lr", "1e-3", "--warmup-steps", "0", "--flow-weight", "1", "--seed", "5"]
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "mimflow_lab.cli", "train", "--out", str(tmp_path / "ddp"), *args],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     train(TrainOptions(out=str(tmp_path / "single"), steps=3, batch_size=8, log_every=1, evaluate=False,
-                       device="cpu", lr=1e-3, seed=5))
+                       device="cpu", lr=1e-3, warmup_steps=0, flow_weight=1.0, seed=5))
     two, one = (load_checkpoint(tmp_path / name / "ckpt.pt") for name in ("ddp", "single"))
     assert two["train"]["world_size"] == 2 and one["train"]["world_size"] == 1
     torch.manual_seed(5)  # the trainer's initialisation, to show the weights really moved

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mimflow_core.config import get_recipe
 from mimflow_core.errors import MIMFlowError
 from mimflow_core.train.masking import MaskPolicy
 
@@ -18,6 +19,8 @@ PAPER_PERCEPTUAL_WEIGHT = 1.1
 CHANGEABLE_ON_RESUME = ("steps", "ckpt_every", "log_every", "num_workers", "device", "out", "evaluate")
 # options phase 2 takes from its phase-1 checkpoint
 INHERITED_BY_PHASE2 = ("preset", "data", "variant", "mask_ratio", "tokens", "sigma", "aux")
+# options whose default is the preset's training recipe (mimflow_core.config.TRAIN_RECIPES)
+FROM_RECIPE = ("lr", "warmup_steps", "flow_weight", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,9 @@ class TrainOptions:
     init: str | None = None            # phase 2: the phase-1 checkpoint
     steps: int = 2000
     ae_steps: int | None = None        # starflow: autoencoder steps before the flow stage (default steps // 2)
-    batch_size: int = 64               # global batch (all processes together)
-    lr: float = 1e-4
-    warmup_steps: int = 0
+    batch_size: int | None = None      # global batch (all processes together); default: the preset's recipe
+    lr: float | None = None            # default: the preset's recipe
+    warmup_steps: int | None = None    # default: the preset's recipe
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
@@ -40,7 +43,7 @@ class TrainOptions:
     tokens: int | None = None          # K (default: the preset's)
     sigma: float | None = None         # latent noise (default: the preset's, 0.3)
     mim_weight: float = 1.0            # L2 weight of masked patches (Table 9)
-    flow_weight: float = 1.0           # beta
+    flow_weight: float | None = None   # beta (default: the preset's recipe)
     flow_warmup_steps: int = 0         # ramp beta linearly from 0 over this many steps (KL annealing; 0 = off)
     aux: str | None = None             # default: "hog" for mimflow/e2e-nomask, "none" for starflow
     aux_weight: float = 1.0            # gamma
@@ -59,14 +62,16 @@ class TrainOptions:
     evaluate: bool = True              # held-out metrics and sample grid at the end (rank 0)
 
     def resolved(self) -> "TrainOptions":
-        """Fill variant-dependent defaults and check the combination."""
+        """Fill preset- and variant-dependent defaults and check the combination."""
         if self.variant not in VARIANTS:
             raise MIMFlowError(f"--variant {self.variant!r}: choose one of {', '.join(VARIANTS)}")
         if self.phase not in (1, 2):
             raise MIMFlowError(f"--phase {self.phase}: must be 1 or 2")
         if self.phase == 2 and not self.init:
             raise MIMFlowError("--phase 2 needs --init PATH (a phase-1 checkpoint)")
-        opts = self
+        recipe = get_recipe(self.preset, self.phase)
+        opts = dataclasses.replace(self, **{name: getattr(recipe, name) for name in FROM_RECIPE
+                                            if getattr(self, name) is None})
         if opts.steps < 1 or opts.batch_size < 1:
             raise MIMFlowError("--steps and --batch-size must be positive")
         baseline = opts.variant != "mimflow"
