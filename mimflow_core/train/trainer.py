@@ -61,6 +61,12 @@ def adamw(params: list[nn.Parameter], opts: TrainOptions) -> torch.optim.AdamW:
 
 # ---------------------------------------------------------------------------- trainer
 class Trainer:
+    """One training job: the model, EMA and data of a new, resumed or phase-2 run; ``run`` trains and evaluates.
+
+    Options a resumed run or phase 2 takes from its checkpoint are merged in before the
+    preset's recipe and the variant's defaults fill the rest (``TrainOptions.resolved``).
+    """
+
     def __init__(self, opts: TrainOptions, procs: Process, resume: bool = False,
                  explicit: set[str] | None = None):
         if explicit is None:  # called from Python: every option that differs from its default counts as given
@@ -198,6 +204,7 @@ class Trainer:
         return ratio, mask.to(self.device), noise.to(self.device), y.to(self.device)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on this rank's rows of the global batch; returns this rank's terms (``run`` averages)."""
         images = images.to(self.device, non_blocking=True)
         ratio, mask, noise, y = self._draws(labels)
         with self.autocast:
