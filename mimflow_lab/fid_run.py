@@ -31,7 +31,21 @@ from mimflow_lab.sampling import (Producer, balanced_labels, features_of, genera
 from mimflow_lab.shards import ShardPlan, merge_shards, run_shards, shard_batches
 
 
-def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference: str | None, samples: int = 50_000,
+ADM_SAMPLES = 50_000
+# A model trained with one of these (mimflow_core.train.options.CPU_PRESETS) is sampled on a CPU: 50 000 samples
+# would take hours there, 1 000 take minutes and still rank models (FID is then biased up; compare at equal counts).
+CPU_PRESET_SAMPLES = 1_000
+
+
+def default_samples(train: dict) -> int:
+    """How many samples ``fid`` draws when ``--samples`` is not given: ADM's 50 000, 1 000 for the CPU presets."""
+    from mimflow_core.train.options import CPU_PRESETS
+
+    return CPU_PRESET_SAMPLES if train.get("preset") in CPU_PRESETS else ADM_SAMPLES
+
+
+def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference: str | None,
+            samples: int | None = None,
             batch: int = 256, cfg: float = 1.0, seed: int = 0, rfid: str | None = None, split: str = "test",
             weights: str = "ema", inception_path: str | None = None, save_npz: str | None = None,
             device: str | None = None) -> dict | None:
@@ -42,6 +56,7 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
     the reference. Every rank of a ``torchrun`` job calls this and computes
     its share of the shards; rank 0 merges and scores. Returns the metrics
     (also written to ``out/metrics.json``) on rank 0, None on the others.
+    ``samples`` None means :func:`default_samples` of the checkpoint.
     """
     from mimflow_lab import load_model
 
@@ -51,12 +66,14 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
     with distributed_process(device) as process:
         model, info = load_model(checkpoint, weights=weights, device=process.device)
         inception, source = load_inception(inception_path, device=process.device)
+        if samples is None:
+            samples = default_samples(info.train)
         if rfid is None:
             total, dataset = samples, None
         else:
             from mimflow_core.data import load_dataset
 
-            dataset = load_dataset(rfid, model.config.image_size, split)
+            dataset = load_dataset(rfid, model.config.image_size, split, channels=model.config.channels)
             total = min(samples, len(dataset))
         run = {"checkpoint_sha256": info.sha256, "weights": info.weights,
                "mode": "reconstruction" if rfid else "generation", "samples": total, "batch": batch,

