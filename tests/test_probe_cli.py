@@ -131,7 +131,7 @@ def test_probe_holds_one_model_at_a_time(two_checkpoints, monkeypatch):
     import gc
     import weakref
 
-    import mimflow_lab.probe as probe_module
+    import mimflow_lab.probe.run as probe_module
 
     alive, real_load = [], probe_module.load_model
 
