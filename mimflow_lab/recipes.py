@@ -27,14 +27,21 @@ REQUIRED = ("title", "result", "figure", "plot", "command")
 # name -> (module, function) of each renderer, called with (result path, output stem) and returning
 # {kind: path}. Only these can be named by a recipe; each is imported when drawn, so loading stays cheap.
 RENDERERS: dict[str, tuple[str, str]] = {
-    "umap": ("mimflow_lab.umap_analysis", "plot_umap"),
-    "jacobian": ("mimflow_lab.jacobian", "plot_jacobian"),
-    "probe": ("mimflow_lab.probe", "plot_probe"),
+    "umap": ("mimflow_lab.umap.plot", "plot_umap"),
+    "jacobian": ("mimflow_lab.jacobian.plot", "plot_jacobian"),
+    "probe": ("mimflow_lab.probe.plot", "plot_probe"),
     "tab5a": ("mimflow_lab.tables", "render_tab5a"),
     "tab10": ("mimflow_lab.tables", "render_tab10"),
 }
-# Recipes written before the registry spelled these five as "module:function"; still accepted for them only.
-LEGACY_NAMES = {f"{module}:{attr}": name for name, (module, attr) in RENDERERS.items()}
+# Recipes written before the registry spelled these five as "module:function", with the modules of that time
+# (spelled out, so that moving a renderer does not turn old recipes away); still accepted for them only.
+LEGACY_NAMES = {
+    "mimflow_lab.umap_analysis:plot_umap": "umap",
+    "mimflow_lab.jacobian:plot_jacobian": "jacobian",
+    "mimflow_lab.probe:plot_probe": "probe",
+    "mimflow_lab.tables:render_tab5a": "tab5a",
+    "mimflow_lab.tables:render_tab10": "tab10",
+}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from mimflow_core.errors import MIMFlowError
 from mimflow_lab.cli import cli, main
-from mimflow_lab.recipes import RENDERERS, load_recipes, redraw_all
+from mimflow_lab.recipes import LEGACY_NAMES, RENDERERS, load_recipes, redraw_all
 from mimflow_lab.tables import render_tab5a, render_tab10
 
 ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
@@ -22,7 +22,7 @@ ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
 def test_recipes_cover_every_paper_artefact():
     from mimflow_lab.jacobian import plot_jacobian
     from mimflow_lab.probe import plot_probe
-    from mimflow_lab.umap_analysis import plot_umap
+    from mimflow_lab.umap import plot_umap
 
     recipes = {r.name: r for r in load_recipes(ANALYSES)}
     assert {name: r.plot for name, r in recipes.items()} == {
@@ -35,8 +35,8 @@ def test_recipes_cover_every_paper_artefact():
 
 
 def test_old_module_function_spelling_is_accepted_for_the_registered_renderers(tmp_path):
-    for name, (module, attr) in RENDERERS.items():
-        (tmp_path / f"{name}.toml").write_text(f'title = "t"\nresult = "r"\nfigure = "f"\nplot = "{module}:{attr}"\n'
+    for spelling, name in LEGACY_NAMES.items():
+        (tmp_path / f"{name}.toml").write_text(f'title = "t"\nresult = "r"\nfigure = "f"\nplot = "{spelling}"\n'
                                               f'command = "c"\n')
     assert [(r.name, r.plot) for r in load_recipes(tmp_path)] == [(name, name) for name in sorted(RENDERERS)]
 

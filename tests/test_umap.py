@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mimflow_lab.cli import main
-from mimflow_lab.umap_analysis import plot_umap, separation_metrics
+from mimflow_lab.umap import plot_umap, separation_metrics
 from tests.test_features import make_checkpoint
 
 

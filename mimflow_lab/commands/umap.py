@@ -28,7 +28,7 @@ def umap(checkpoint, compare, what, samples, classes, split, mask_ratio, neighbo
          pool, weights, seed, shard_size, cache, no_cache, device, num_workers) -> None:
     """UMAP of CHECKPOINT's latent space (and --compare ones), colour = class, with kNN accuracy and trustworthiness."""
     from mimflow_lab.commands.features import processes
-    from mimflow_lab.umap_analysis import umap_compare, write_umap_results
+    from mimflow_lab.umap import umap_compare, write_umap_results
 
     panels = [checkpoint, *compare]  # (a) the first, e.g. the reference, (b) ... as given
     with processes(device) as device:
