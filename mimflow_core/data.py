@@ -63,7 +63,11 @@ def uint8_to_tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 def holdout_split(labels: np.ndarray, test_size: int | float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed stratified (train, test) index split; falls back to unstratified if a class is a singleton."""
+    """Fixed stratified (train, test) index split; falls back to unstratified if a class is a singleton.
+
+    An integer ``test_size`` holds out exactly that many images (digits: 300), which scikit-learn's
+    ``train_test_split`` guarantees across classes; every result depends on these indices staying fixed.
+    """
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(labels))
