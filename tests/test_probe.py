@@ -1,6 +1,8 @@
 """The linear probe against scikit-learn's LogisticRegression, and its sweep and input checks."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from mimflow_core.data import holdout_split
 from mimflow_core.errors import MIMFlowError
 from mimflow_lab.probe import ProbeSettings, batched_lbfgs, linear_probe, linear_probes, stratified_split
 
@@ -116,6 +119,20 @@ def test_stratified_split():
     assert np.bincount(labels[val], minlength=4).tolist() == [1, 2, 3, 1]
     assert np.array_equal(val, stratified_split(labels, 0.1, seed=0)[1])
     assert not np.array_equal(val, stratified_split(labels, 0.1, seed=1)[1])
+
+
+def test_validation_split_and_dataset_holdout_stay_fixed_and_apart():
+    """The probe's validation split (about a fraction of each class) and the datasets' held-out split
+    (scikit-learn, an exact count) draw different indices from the same labels, so neither can serve
+    for the other without changing every probe number; both are pinned by a hash of their indices."""
+    def digest(index):
+        return hashlib.sha256(np.asarray(index, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+    labels = load_digits().target
+    val = stratified_split(labels, 0.1, seed=0)[1]
+    held_out = holdout_split(labels, 300)[1]
+    assert (digest(val), digest(held_out)) == ("4552746b978104c2", "1058cbc7903e4b4c")
+    assert not np.array_equal(stratified_split(labels, 300 / len(labels), seed=0)[1], held_out)
 
 
 def test_constant_training_feature_is_ignored(digits):
