@@ -15,6 +15,7 @@ from mimflow_core.checkpoint import load_checkpoint
 from mimflow_core.errors import MIMFlowError
 from mimflow_core.train import MaskPolicy, TrainOptions, train
 from mimflow_lab import load_model
+from tests.conftest import SHORT_RECIPE
 
 
 def _log(run_dir):
@@ -146,3 +147,17 @@ def test_cli_refuses_to_overwrite_and_resumes(phase1_run):
     assert proc.returncode == 2 and "--resume" in proc.stderr
     proc = _cli("--out", str(out), "--steps", "90", "--resume", "--mask-ratio", "0.2-0.4")
     assert proc.returncode == 2 and "differs from the run" in proc.stderr
+
+
+def test_an_evaluation_only_resume_reports_the_training_it_evaluates(phase1_run, tmp_path):
+    """Resuming a finished run only evaluates; eval.json must still say how long the training took."""
+    import shutil
+
+    out, first = phase1_run
+    copy = tmp_path / "again"
+    shutil.copytree(out, copy)
+    second = train(TrainOptions(out=str(copy), steps=60, log_every=5, ckpt_every=30, **SHORT_RECIPE), resume=True)
+    assert second["step"] == first["step"] == 60
+    assert second["recon_psnr_db"] == first["recon_psnr_db"]
+    # the checkpoint stores the loop's time at its last save (step 60), just before the first evaluation
+    assert 0.8 * first["train_wall_s"] <= second["train_wall_s"] <= first["train_wall_s"] + 1.0

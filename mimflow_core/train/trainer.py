@@ -122,6 +122,8 @@ class Trainer:
                                  opts.gan_weight, perceptual, aux_targets, self.disc)
         self.stages = plan_stages(opts, self.model.aux_head is not None)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.train_seconds = 0.0  # wall time of the training loop over every run that led to this step
+        self._loop_started: float | None = None
         # every TrainOptions field (what --resume and phase 2 read back), plus what analyses label models by
         self.train_info = {**dataclasses.asdict(opts),
                            "num_tokens": config.num_tokens, "noise_sigma": config.noise_sigma,
@@ -134,6 +136,7 @@ class Trainer:
             r = resume_ckpt["resume"]
             self.ema.load_state_dict(resume_ckpt["ema"], r["ema_updates"])
             self.step, self.epoch, self.batch_in_epoch = int(resume_ckpt["step"]), r["epoch"], r["batch_in_epoch"]
+            self.train_seconds = float(r.get("train_seconds", 0.0))  # absent in checkpoints before 2026-12
             torch.set_rng_state(r["rng_cpu"])
             if self.disc is not None:
                 self.disc.load_state_dict(r["disc"])
@@ -265,7 +268,7 @@ class Trainer:
     def run(self) -> dict:
         """Train to ``opts.steps``, checkpointing; then evaluate on held-out data (rank 0) and return that."""
         opts, procs = self.opts, self.procs
-        started = time.time()
+        self._loop_started = time.time()
         log = JsonlLog(self.out / "log.jsonl", self.step, enabled=procs.is_main)
         if procs.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -298,7 +301,7 @@ class Trainer:
         bar.close()
         result = {}
         if procs.is_main and opts.evaluate:
-            result = self.evaluate(time.time() - started)
+            result = self.evaluate(self._trained_seconds())
         procs.barrier()
         return result
 
@@ -313,13 +316,19 @@ class Trainer:
         notes["config"] = c.to_dict()
         return notes
 
+    def _trained_seconds(self) -> float:
+        """Training wall time up to now, summed over the runs a resumed run continues (an evaluation-only
+        rerun of a finished run reports the training it evaluates, not its own few milliseconds)."""
+        running = 0.0 if self._loop_started is None else time.time() - self._loop_started
+        return self.train_seconds + running
+
     def save(self) -> None:
         """Checkpoint atomically (rank 0); resume state holds only tensors and plain types."""
         if not self.procs.is_main:
             return
         resume = {"optimizer": self.optimizer.state_dict(), "stage": self.stage.name,
                   "ema_updates": self.ema.num_updates, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                  "rng_cpu": torch.get_rng_state()}
+                  "rng_cpu": torch.get_rng_state(), "train_seconds": self._trained_seconds()}
         if self.disc is not None:
             resume.update(disc=self.disc.state_dict(), disc_optimizer=self.disc_optimizer.state_dict())
         save_checkpoint(self.ckpt_path, self.model, ema_state=self.ema.state_dict(), step=self.step,
