@@ -31,14 +31,11 @@ from mimflow_core.atomic import atomic_write, write_json
 from mimflow_core.errors import MIMFlowError
 
 # The digits recipe (README "The digits recipe"): the `digits` preset (the tiny preset's 64 patches of 4 px, with
-# 3-layer encoder and decoder and MLP ratio 2: the same held-out PSNR per step at ~0.6x the cost), lr 1e-3 after a
-# 50-step warm-up, beta = 0.03. Both loss terms are means per dimension, so the ELBO's balance puts beta near
-# (K * D) / (C * H * W) = 128 / 3072 = 0.04; at the paper's beta = 1 the flow term wins before the decoder learns to
-# use z (posterior collapse).
+# 3-layer encoder and decoder and MLP ratio 2: the same held-out PSNR per step at ~0.6x the cost) and its training
+# recipe, which `train` takes from mimflow_core.config.TRAIN_RECIPES (lr 1e-3 after a 50-step warm-up, beta 0.03,
+# batch 32); the sample grids at cfg 2.
 PRESET = "digits"
-RECIPE = ("--preset", PRESET, "--data", "digits", "--lr", "1e-3", "--warmup-steps", "50", "--flow-weight", "0.03",
-          "--sample-cfg", "2")
-BATCH = 32
+RECIPE = ("--preset", PRESET, "--data", "digits", "--sample-cfg", "2")
 GAN_STEP_FRACTION = 0.05     # phase-2 steps of the main model, as a share of the phase-1 steps
 SAMPLE_CFG = 2.0             # guidance of the FID samples, the same as the sample grids
 REF_IMAGES = 300             # every held-out digit (mimflow_core.data.DIGITS_TEST_SIZE)
@@ -101,7 +98,7 @@ class Costs:
         torch.set_num_threads(threads)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                opts = TrainOptions(out=tmp, preset=PRESET, batch_size=BATCH, steps=7, evaluate=False, lr=1e-3)
+                opts = TrainOptions(out=tmp, preset=PRESET, steps=7, evaluate=False)
                 trainer = Trainer(opts.resolved(), Process(0, 1, torch.device("cpu")))
                 trainer._enter_stage(trainer.stages[0])
                 images, labels = next(trainer.batches())
@@ -194,7 +191,7 @@ def _train(out: Path, model: Model, budget: Budget) -> Stage:
     run = out / "runs" / model.name
     steps = budget.steps * STEPS_FACTOR.get(model.name, 1)
     stages = ["--ae-steps", str(budget.steps)] if model.name in STEPS_FACTOR else []
-    args = ["train", *RECIPE, "--out", str(run), "--steps", str(steps), *stages, "--batch-size", str(BATCH),
+    args = ["train", *RECIPE, "--out", str(run), "--steps", str(steps), *stages,
             "--ckpt-every", str(max(10, steps // 4)), *model.args]
     if (run / "ckpt.pt").exists():
         args.append("--resume")
@@ -216,15 +213,15 @@ def plan(out: Path, budget: Budget) -> list[Stage]:
     stages = [_train(out, m, budget) for m in models]
     gan = Stage("train mimflow-gan", runs / "mimflow-gan" / "eval.json",
                 ["train", "--phase", "2", "--init", ckpt["mimflow"], "--out", str(runs / "mimflow-gan"),
-                 "--steps", str(budget.gan_steps), "--batch-size", str(BATCH), "--sample-cfg", str(SAMPLE_CFG),
+                 "--steps", str(budget.gan_steps), "--sample-cfg", str(SAMPLE_CFG),
                  *(["--resume"] if (runs / "mimflow-gan" / "ckpt.pt").exists() else [])],
                 needs=(trained("mimflow"),))
-    ref, real = results / "ref.npz", data / "real-train-digits.npz"
+    ref, real = results / "ref" / "ref.npz", data / "real-train-digits.npz"
     rows = [m.name for m in models if m.mask_ratio is not None]
     stages += [
         gan,
         Stage("probe (Figure 6)", results / "probe" / "probe.json",
-              ["probe", *(ckpt[name] for name in rows), "--depths", "all", "--mask-ratios", budget.probe_mask_ratios,
+              ["probe", *(ckpt[name] for name in rows), "--depths", "all", "--mask-ratio", budget.probe_mask_ratios,
                "--seeds", budget.probe_seeds, "--pixel-baseline", "--cache", str(out / "cache"),
                "--out", str(results / "probe")], needs=tuple(trained(name) for name in rows)),
         Stage("umap (Figure 4)", results / "umap" / "umap.json",
@@ -234,19 +231,19 @@ def plan(out: Path, budget: Budget) -> list[Stage]:
               needs=(trained("starflow"), trained("mimflow"), trained("mimflow-seed1"))),
         *(Stage(f"jacobian {name} (Figure 5)", results / sub / "jacobian.json",
                 ["jacobian", ckpt[name], "--compare", ckpt["starflow"], "--samples", str(budget.jacobian_samples),
-                 "--batch", "32", "--out", str(results / sub)], needs=(trained(name), trained("starflow")))
+                 "--batch-size", "32", "--out", str(results / sub)], needs=(trained(name), trained("starflow")))
           for name, sub in (("mimflow", "jacobian"), ("mimflow-seed1", "jacobian-seed1"))),
         Stage("held-out and real digits", real, call=lambda: write_digit_batches(data, budget.fid_samples)),
         Stage("reference batch (held-out digits)", ref,
-              ["ref-stats", str(data / "heldout-digits.npz"), "--out", str(ref)], needs=("held-out and real digits",)),
+              ["ref-stats", str(data / "heldout-digits.npz"), "--out", str(ref.parent)], needs=("held-out and real digits",)),
         Stage("untrained baseline", Path(ckpt["untrained"]),
               call=lambda: save_untrained(Path(ckpt["mimflow"]), Path(ckpt["untrained"])),
               needs=(trained("mimflow"),)),
         Stage("real digits vs reference (ceiling)", results / "fid" / "real-digits" / "metrics.json",
-              ["evaluate", str(ref), str(real), "--out", str(results / "fid" / "real-digits" / "metrics.json")],
+              ["evaluate", str(ref), str(real), "--out", str(results / "fid" / "real-digits")],
               needs=("reference batch (held-out digits)",)),
     ]
-    fid_args = ["--samples", str(budget.fid_samples), "--batch", "50", "--ref", str(ref)]
+    fid_args = ["--samples", str(budget.fid_samples), "--batch-size", "50", "--ref", str(ref)]
     for name in [m.name for m in models] + ["untrained"]:
         target = results / "fid" / f"{name}-gfid"
         stages.append(Stage(f"gfid {name}", target / "metrics.json",

@@ -121,9 +121,11 @@ def out_dir_or_old_file(default: str, filename: str, what: str) -> Decorator:
                         help=f"Output directory: {filename} ({what}).")
 
 
-def split(default: str = "test", help: str = "Dataset split") -> Decorator:
-    return click.option("--split", type=SplitChoice(), default=default, show_default=True,
-                        help=f"{help}: train, test (held out; 'val' is accepted for it) or all.")
+def split(default: str | None = "test", help: str = "Dataset split") -> Decorator:
+    """``default`` None: the command's own default (both of train and test), said in the help."""
+    both = "" if default is not None else "  [default: train and test, stacked, with a 'split' array]"
+    return click.option("--split", type=SplitChoice(), default=default, show_default=default is not None,
+                        help=f"{help}: train, test (held out; 'val' is accepted for it) or all.{both}")
 
 
 def compare(help: str) -> Decorator:

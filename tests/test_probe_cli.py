@@ -28,7 +28,7 @@ def _run(argv, capsys):
 
 def test_probe_command_writes_json_csv_and_figure(two_checkpoints, tmp_path, capsys):
     out = tmp_path / "probe"
-    main(["probe", *two_checkpoints, "--depths", "all", "--mask-ratios", "0,0.5", "--seeds", "0,1",
+    main(["probe", *two_checkpoints, "--depths", "all", "--mask-ratio", "0,0.5", "--seeds", "0,1",
           "--cache", str(tmp_path / "cache"), "--out", str(out)])
     result = json.loads((out / "probe.json").read_text())
     depths = ["encoder", "latent", "0", "1", "2"]
@@ -51,7 +51,7 @@ def test_probe_command_writes_json_csv_and_figure(two_checkpoints, tmp_path, cap
     assert (tmp_path / "redrawn.png").stat().st_size > 10_000 and files["pdf"].endswith("redrawn.pdf")
     # the second run reuses the cached features: no new cache entries
     entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    main(["probe", two_checkpoints[0], "--depths", "encoder", "--mask-ratios", "0.5", "--seeds", "0",
+    main(["probe", two_checkpoints[0], "--depths", "encoder", "--mask-ratio", "0.5", "--seeds", "0",
           "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "again")])
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == entries
 
@@ -84,8 +84,8 @@ def test_bad_input_is_one_line_and_exit_2(two_checkpoints, tmp_path, capsys):
     code, err = _run(["probe", two_checkpoints[0], "--data", str(few), "--cache", str(cache)], capsys)
     assert code == 2 and "samples for 8 classes" in err.err
     assert not cache.exists()  # refused before any feature work
-    code, err = _run(["probe", two_checkpoints[0], "--mask-ratios", "0,1.5"], capsys)
-    assert code == 2 and "--mask-ratios" in err.err
+    code, err = _run(["probe", two_checkpoints[0], "--mask-ratio", "0", "--mask-ratio", "1.5"], capsys)
+    assert code == 2 and "--mask-ratio" in err.err and "[0, 1)" in err.err
 
 
 def test_random_latent_probe_lies_near_the_pixel_probe(tmp_path):

@@ -35,13 +35,11 @@ def plot_probe(probe_json: str | os.PathLike | dict, out_stem: str | os.PathLike
     if result.get("pixel_baseline"):
         ax.axhline(result["pixel_baseline"]["accuracy_mean"], color="0.5", linestyle="--", linewidth=1,
                    label="raw pixels")
-    ax.set_xticks(range(len(names)), [_tick(n) for n in names], rotation=45 if len(names) > 10 else 0)
-    ax.set_xlabel("depth (encoder → latent z → flow block output)")
+    # ticks are the --depths names themselves, so a reader can ask for exactly the point they see
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 4 else 0)
+    ax.set_xlabel("depth: encoder → latent (z) → output of flow block N (B.L: layer L of block B)")
     ax.set_ylabel("linear-probe top-1 accuracy (%)")
     ax.set_title(f"Linear probe vs depth ({result['data']}, {result['pool']}-pooled)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return save_figure(fig, out_stem)
 
-
-def _tick(name: str) -> str:
-    return {"encoder": "enc", "latent": "z"}.get(name, name if "." in name else f"b{name}")
