@@ -57,10 +57,9 @@ def test_probe_command_writes_json_csv_and_figure(two_checkpoints, tmp_path, cap
 
 
 def test_features_command_exports_every_depth(two_checkpoints, tmp_path):
-    out = tmp_path / "feats.npz"
     main(["features", two_checkpoints[0], "--depths", "latent,2.1", "--mask-ratio", "0.5", "--pool", "flat",
-          "--no-cache", "--out", str(out)])
-    with np.load(out) as z:
+          "--no-cache", "--out", str(tmp_path / "feats")])
+    with np.load(tmp_path / "feats" / "features.npz") as z:
         assert list(z["depths"]) == ["latent", "2.1"]
         assert z["latent"].shape == (1797, 32) and z["2.1"].shape == (1797, 8 * 32)
         assert sorted(set(z["split"])) == ["test", "train"] and (z["split"] == "test").sum() == 300

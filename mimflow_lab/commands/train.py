@@ -1,6 +1,6 @@
 """``mimflow-lab train``: phase-1 joint training, phase-2 GAN fine-tuning, and the two baselines.
 
-Runs as one process, or under ``torchrun --nproc_per_node N mimflow-lab train ...``
+Runs as one process, or under ``torchrun --nproc-per-node N -m mimflow_lab.cli train ...``
 as DistributedDataParallel (NCCL on CUDA, Gloo on CPU); rank 0 logs and saves.
 Every option's default is :class:`~mimflow_core.train.options.TrainOptions`'
 (or, where that is None, the preset's recipe or a rule of ``TrainOptions.resolved``);
@@ -17,6 +17,7 @@ from click.core import ParameterSource
 
 from mimflow_core.config import TRAIN_RECIPES, get_recipe
 from mimflow_core.train.options import CPU_PRESETS, PAPER_PERCEPTUAL_WEIGHT, VARIANTS, TrainOptions
+from mimflow_lab.options import command
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainOptions)}
 
@@ -43,7 +44,7 @@ def recipe_help(field: str) -> str:
     return f"[preset's: {phase1}" + ("" if phase2 == phase1 else f"; phase 2: {phase2}") + "]"
 
 
-@click.command(context_settings={"show_default": True})
+@command(context_settings={"show_default": True})
 @option("--out", required=True, type=click.Path(file_okay=False),
         help="Run directory: ckpt.pt, log.jsonl, eval.json, samples.png, reconstructions.png.")
 @option("--preset", help="Model size and its training recipe: digits (32 px, the demo's), tiny (32 px, CPU), "
@@ -93,7 +94,7 @@ def recipe_help(field: str) -> str:
 @option("--ckpt-every", type=click.IntRange(min=1), help="Checkpoint every N steps.")
 @option("--log-every", type=click.IntRange(min=1), help="Log line every N steps.")
 @option("--num-workers", type=click.IntRange(min=0), help="DataLoader workers per process.")
-@option("--device", help="auto | cpu | cuda.")
+@option("--device", help="auto (cuda:LOCAL_RANK when a GPU is visible, else cpu), cpu, cuda or cuda:N.")
 @option("--sample-cfg", type=float, help="Guidance scale of the final sample grid.")
 @option("--eval/--no-eval", "evaluate", help="Evaluate on held-out data and write eval.json + sample grids at the end.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly (optimizer, EMA, RNG, data).")
@@ -106,7 +107,7 @@ def train(resume: bool, **kwargs) -> None:
     \b
     mimflow-lab train --preset tiny --data digits --out runs/demo --steps 2000
     mimflow-lab train --phase 2 --init runs/demo/ckpt.pt --out runs/demo-gan --steps 300
-    torchrun --nproc_per_node 8 $(which mimflow-lab) train --preset L --data /data/imagenet ...
+    torchrun --nproc-per-node 8 -m mimflow_lab.cli train --preset L --data /data/imagenet ...
     """
     from mimflow_core.train.trainer import train as run_training
 
