@@ -77,6 +77,19 @@ def holdout_split(labels: np.ndarray, test_size: int | float, seed: int = SPLIT_
     return np.sort(train), np.sort(test)
 
 
+def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Exactly ``n`` sorted indices with every class as often as possible (±1), drawn with ``seed``.
+
+    Classes take turns, each contributing its images in a seeded random order;
+    a class that runs out drops out of the rotation.
+    """
+    rng = np.random.default_rng(seed)
+    queues = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    turns = [(rank, c, i) for c, queue in enumerate(queues) for rank, i in enumerate(queue)]
+    chosen = [i for _, _, i in sorted(turns)[:n]]
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise MIMFlowError(f"split: {split!r} is not one of {', '.join(SPLITS)}")

@@ -128,3 +128,17 @@ def test_bad_specs_raise_one_line_errors(tmp_path):
     (tmp_path / "only_empty").mkdir()
     with pytest.raises(MIMFlowError, match="no usable images"):
         load_dataset(str(tmp_path / "only_empty"), 8)
+
+
+def test_balanced_subset_is_exact_seeded_and_class_balanced():
+    from mimflow_core.data import balanced_subset
+
+    labels = np.repeat(np.arange(10), [30] * 9 + [2])  # sorted by class, as an ImageFolder is; class 9 is rare
+    for n in (7, 10, 25, 100):
+        chosen = balanced_subset(labels, n, seed=3)
+        counts = np.bincount(labels[chosen], minlength=10)
+        assert chosen.size == n and np.array_equal(chosen, np.unique(chosen))
+        assert counts[:9].max() - counts[:9].min() <= 1 and counts[9] == min(2, counts[:9].min())
+    assert np.array_equal(balanced_subset(labels, 25, 3), balanced_subset(labels, 25, 3))
+    assert not np.array_equal(balanced_subset(labels, 25, 3), balanced_subset(labels, 25, 4))
+    assert not np.array_equal(balanced_subset(labels, 10, 0), np.arange(10))  # not the first files

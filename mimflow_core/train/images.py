@@ -6,7 +6,9 @@ from pathlib import Path
 import torch
 
 from mimflow_core.atomic import atomic_write
-from mimflow_core.data import ImageDataset
+import numpy as np
+
+from mimflow_core.data import ImageDataset, balanced_subset
 from mimflow_core.encoder import random_masking
 from mimflow_core.model import MIMFlow
 
@@ -23,8 +25,13 @@ def sample_grid(model: MIMFlow, device: torch.device, cfg: float, seed: int = 0,
 
 @torch.no_grad()
 def reconstruction_grid(model: MIMFlow, dataset: ImageDataset, device: torch.device, count: int = 10) -> torch.Tensor:
-    """Rows: held-out originals, reconstructions (unmasked), reconstructions from 50%-masked inputs."""
-    x = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))]).to(device)
+    """Rows: held-out originals, reconstructions (unmasked), reconstructions from 50%-masked inputs.
+
+    The originals are a seeded class-balanced choice (one per class for 10 classes), not the first files,
+    which on an ImageFolder sorted by class would all be one class.
+    """
+    chosen = balanced_subset(np.asarray(dataset.labels), min(count, len(dataset)), seed=0)
+    x = torch.stack([dataset[int(i)][0] for i in chosen]).to(device)
     plain = model.decode(model.encode(x, 0.0).z)
     mask = random_masking(len(x), model.config.num_patches, 0.5, torch.device("cpu"), torch.Generator().manual_seed(0))
     masked = model.decode(model.encoder(x, mask=mask.to(device)).z)

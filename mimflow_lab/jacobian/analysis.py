@@ -82,19 +82,6 @@ def check_latents(z: Tensor, y: Tensor, model, where: str) -> None:
                            f"use --unconditional")
 
 
-def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Exactly ``n`` sorted indices with every class as often as possible (±1), drawn with ``seed``.
-
-    Classes take turns, each contributing its images in a seeded random order;
-    a class that runs out drops out of the rotation.
-    """
-    rng = np.random.default_rng(seed)
-    queues = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    turns = [(rank, c, i) for c, queue in enumerate(queues) for rank, i in enumerate(queue)]
-    chosen = [i for _, _, i in sorted(turns)[:n]]
-    return np.sort(np.asarray(chosen, dtype=np.int64))
-
-
 def encode_dataset(model, spec: str, split: str, n: int, batch: int, seed: int,
                    unconditional: bool) -> tuple[Tensor, Tensor, np.ndarray]:
     """z = encoder(x) without masking for a seeded class-balanced subset of ``n`` images of ``split``.
@@ -103,7 +90,7 @@ def encode_dataset(model, spec: str, split: str, n: int, batch: int, seed: int,
     class, make every latent of Figure 5 one class. Returns the latents, their
     labels (or −1) and the dataset indices used, which the result records.
     """
-    from mimflow_core.data import load_dataset
+    from mimflow_core.data import balanced_subset, load_dataset
 
     dataset = load_dataset(spec, image_size=model.config.image_size, split=split, channels=model.config.channels)
     if n > len(dataset):
