@@ -146,6 +146,15 @@ def _rayleigh(apply: Apply, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     return theta, rel
 
 
+def _finish(out: Eigenpair, done: Tensor, theta: Tensor, v: Tensor, rel: Tensor, k: int, converged: Tensor,
+            on_finished: Progress | None) -> None:
+    """Record the rows ``done`` that stop at outer iteration ``k`` (and say how many stopped)."""
+    out.value[done], out.vector[done] = theta, v[done]
+    out.residual[done], out.iterations[done], out.converged[done] = rel, k, converged
+    if on_finished is not None and done.numel():
+        on_finished(done.numel())
+
+
 def power_iteration(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int = 1000,
                     on_finished: Progress | None = None) -> Eigenpair:
     """Largest eigenpair by power iteration (the paper's Eq. 9 on ``A = JᵀJ``).
@@ -164,11 +173,7 @@ def power_iteration(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int =
         change = (theta - theta_prev[active]).abs() / theta.abs()
         converged = (rel <= tol) & (change <= tol)
         finished = converged | (k == max_iter)
-        done = active[finished]
-        out.value[done], out.vector[done] = theta[finished], v[done]
-        out.residual[done], out.iterations[done], out.converged[done] = rel[finished], k, converged[finished]
-        if on_finished is not None and done.numel():
-            on_finished(done.numel())
+        _finish(out, active[finished], theta[finished], v, rel[finished], k, converged[finished], on_finished)
         theta_prev[active] = theta
         v[active] = _unit(Av)
         active = active[~finished]
@@ -213,11 +218,7 @@ def inverse_iteration(
         converged = (rel <= tol) & (change <= tol)
         spent = budget(active) <= 0 if budget is not None else torch.zeros_like(converged)
         finished = converged | spent | (k == max_iter)
-        done = active[finished]
-        out.value[done], out.vector[done] = theta[finished], v[done]
-        out.residual[done], out.iterations[done], out.converged[done] = rel[finished], k, converged[finished]
-        if on_finished is not None and done.numel():
-            on_finished(done.numel())
+        _finish(out, active[finished], theta[finished], v, rel[finished], k, converged[finished], on_finished)
         theta_prev[active] = theta
         active = active[~finished]
         if active.numel() == 0:
