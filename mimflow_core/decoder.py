@@ -40,6 +40,27 @@ class PatchQueryDecoder(nn.Module):
         return self.head(self.transformer(h)[:, : queries.shape[1]])
 
 
+class PixelRefiner(nn.Module):
+    """x + conv3x3(GELU(conv3x3(x))): a residual convolution across patch borders, starting as the identity.
+
+    A ViT decoder predicts every patch on its own, so after a short training
+    its outputs jump at patch borders and carry pixel noise. Such
+    high-frequency errors cost little L2 but move Inception features far
+    (on the demo's digits a 3x3 blur of the reconstructions took FID from 190
+    to 75), so the decoder can end with this small convolution, trained with it.
+    """
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.inner = nn.Conv2d(channels, width, 3, padding=1, padding_mode="replicate")
+        self.outer = nn.Conv2d(width, channels, 3, padding=1, padding_mode="replicate")
+        nn.init.zeros_(self.outer.weight)
+        nn.init.zeros_(self.outer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.outer(nn.functional.gelu(self.inner(x)))
+
+
 class Decoder(PatchQueryDecoder):
     """The pixel decoder: latents -> images (B, C, H, W) in [-1, 1] (no squashing; the loss is L2)."""
 
@@ -48,9 +69,11 @@ class Decoder(PatchQueryDecoder):
         super().__init__(c.num_patches, c.num_tokens, c.latent_dim, c.dec_width, c.dec_depth, c.dec_heads,
                          c.patch_dim, c.mlp_ratio)
         self.patch_size, self.channels = c.patch_size, c.channels
+        self.refine = PixelRefiner(c.channels, c.dec_refine_width) if c.dec_refine_width else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return unpatchify(super().forward(z), self.patch_size, self.channels)
+        images = unpatchify(super().forward(z), self.patch_size, self.channels)
+        return images if self.refine is None else self.refine(images)
 
 
 class AuxHead(PatchQueryDecoder):

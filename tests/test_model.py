@@ -111,3 +111,35 @@ def test_sincos_position_embedding_matches_mae_formula():
     expected = torch.cat([torch.sin(col * omega), torch.cos(col * omega), torch.sin(row * omega), torch.cos(row * omega)])
     assert torch.allclose(emb[row * grid + col].double(), expected, atol=1e-6)
     assert torch.cdist(emb, emb).add(torch.eye(grid * grid)).min() > 0.1  # every patch position is distinct
+
+
+def test_pixel_refiner_starts_as_the_identity_and_learns(tiny_config):
+    """The decoder's optional residual convolution changes nothing at initialisation, then trains."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    plain = MIMFlow(tiny_config).eval()
+    refined = MIMFlow(dataclasses.replace(tiny_config, dec_refine_width=8)).eval()
+    refined.load_state_dict(plain.state_dict(), strict=False)  # same transformer, plus the refiner
+    z = torch.randn(2, tiny_config.num_tokens, tiny_config.latent_dim)
+    torch.testing.assert_close(refined.decode(z), plain.decode(z), rtol=0, atol=0)
+    target = torch.rand(2, 3, 32, 32) * 2 - 1
+    ((refined.decode(z) - target) ** 2).mean().backward()
+    assert refined.decoder.refine.outer.weight.grad.abs().sum() > 0
+    with pytest.raises(MIMFlowError, match="dec_refine_width -1"):
+        get_preset("tiny", dec_refine_width=-1)
+
+
+def test_a_greyscale_model_reads_and_writes_one_channel():
+    from mimflow_core.data import load_dataset
+    from mimflow_lab.metrics import to_uint8
+
+    config = get_preset("digits")
+    assert config.channels == 1 and config.patch_dim == 16
+    x = torch.stack([load_dataset("digits", 32, "test", channels=1)[i][0] for i in range(2)])
+    out = MIMFlow(config).decode(MIMFlow(config).encode(x).z)
+    assert x.shape == out.shape == (2, 1, 32, 32)
+    rgb = to_uint8(x)  # what the Inception, ADM's npz and the reference batches read
+    assert rgb.shape == (2, 32, 32, 3) and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    three = to_uint8(load_dataset("digits", 32, "test")[0][0][None])
+    assert torch.equal(three, rgb[:1])

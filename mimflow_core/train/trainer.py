@@ -97,7 +97,7 @@ class Trainer:
         stored = init_ckpt or resume_ckpt
         base = ModelConfig.from_dict(stored["config"]) if stored is not None else get_preset(opts.preset)
         self.dataset = load_dataset(opts.data, base.image_size, "train", flip=opts.flip, strict=opts.strict,
-                                    seed=opts.seed)
+                                    seed=opts.seed, channels=base.channels)
         if len(self.dataset) < opts.batch_size:
             raise MIMFlowError(f"--batch-size {opts.batch_size}: larger than the {len(self.dataset)} training images")
         aux_targets = (build_aux_targets(opts.aux, base.patch_size, base.image_size // base.patch_size)
@@ -339,7 +339,8 @@ class Trainer:
         """Held-out reconstruction MSE/PSNR and flow bits/dim with the EMA weights; sample grid PNG."""
         model = copy.deepcopy(self.model).eval()
         model.load_state_dict(self.ema.state_dict())
-        test = load_dataset(self.opts.data, model.config.image_size, "test", strict=self.opts.strict)
+        test = load_dataset(self.opts.data, model.config.image_size, "test", strict=self.opts.strict,
+                            channels=model.config.channels)
         metrics = evaluate_model(model, test, self.policy, self.device, seed=self.opts.seed)
         grid = sample_grid(model, self.device, self.opts.sample_cfg, seed=self.opts.seed)
         save_image_grid(grid, self.out / "samples.png")
