@@ -31,9 +31,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import MIMFlowError
+from .splits import canonical_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-SPLITS = ("train", "test", "all")
 DIGITS_TEST_SIZE = 300
 HOLDOUT_FRACTION = 0.1
 SPLIT_SEED = 0
@@ -55,6 +55,12 @@ def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
     top = (arr.shape[0] - image_size) // 2
     left = (arr.shape[1] - image_size) // 2
     return arr[top: top + image_size, left: left + image_size]
+
+
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) with C = 1 or 3 -> RGB: a greyscale model's images as every RGB reader (the Inception, ADM's npz,
+    LPIPS, DINO/CLIP) sees a saved greyscale image, three equal channels (a view, no copy); RGB unchanged."""
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
 def uint8_to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -81,18 +87,15 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Exactly ``n`` sorted indices with every class as often as possible (±1), drawn with ``seed``.
 
     Classes take turns, each contributing its images in a seeded random order;
-    a class that runs out drops out of the rotation.
+    a class that runs out drops out of the rotation. Unlike the feature cache's
+    ``select_indices`` (``n // C`` per class, so 250 of 256 and none below C),
+    it returns the ``n`` a command was asked for, however few.
     """
     rng = np.random.default_rng(seed)
     queues = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
     turns = [(rank, c, i) for c, queue in enumerate(queues) for rank, i in enumerate(queue)]
     chosen = [i for _, _, i in sorted(turns)[:n]]
     return np.sort(np.asarray(chosen, dtype=np.int64))
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise MIMFlowError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
 
 
 def _flip_coin(seed: int, epoch: int, index: int) -> bool:
@@ -318,7 +321,7 @@ def load_dataset(spec: str, image_size: int, split: str = "train", *, flip: bool
     skipped files (empty class folders, unreadable or odd-sized images) into
     a :class:`MIMFlowError` instead of a warning. ``seed`` drives the flips.
     """
-    _check_split(split)
+    split = canonical_split(split)
     if spec == "digits":
         return _digits(image_size, split, flip, seed, channels)
     if channels != 3:

@@ -73,9 +73,7 @@ def distributed_process(device: str | None = "auto", timeout: timedelta = timede
     """
     device = resolve_device(device)
     if not dist.is_torchelastic_launched() or dist.is_initialized():
-        initialized = dist.is_initialized()
-        yield Process(dist.get_rank() if initialized else 0, dist.get_world_size() if initialized else 1,
-                      torch.device(device))
+        yield current_process(device)
         return
     cuda = device.startswith("cuda")
     if cuda:

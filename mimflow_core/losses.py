@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from mimflow_core.data import as_rgb
 from mimflow_core.errors import MIMFlowError
 from mimflow_core.hog import hog_dim, hog_patch_targets
 from mimflow_core.layers import patchify
@@ -72,8 +73,7 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Mean LPIPS distance of images in [-1, 1] (greyscale images are compared as RGB)."""
-        rgb = lambda x: x.float().expand(-1, 3, -1, -1)  # noqa: E731  (a no-op on 3 channels)
-        return self.lpips(rgb(recon), rgb(images)).mean()
+        return self.lpips(as_rgb(recon.float()), as_rgb(images.float())).mean()
 
 
 def _vgg_slice(index: int) -> int:
@@ -165,8 +165,8 @@ class FeatureModelTarget(AuxTarget):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate((images.float().expand(-1, 3, -1, -1) + 1) / 2, size=(self.input_size,) * 2,
-                          mode="bicubic", align_corners=False)
+        x = F.interpolate((as_rgb(images.float()) + 1) / 2, size=(self.input_size,) * 2, mode="bicubic",
+                          align_corners=False)
         x = (x - self.mean) / self.std
         # hub ViTs (DINOv2) return only the CLS token from forward(); their patch tokens come from forward_features
         out = self.net.forward_features(x) if hasattr(self.net, "forward_features") else self.net(x)

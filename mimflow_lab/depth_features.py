@@ -7,8 +7,8 @@ Depth names (the x-axis of Fig. 6):
 - ``latent``: the latent z (B, K, D) itself (clean, without the sigma noise);
 - ``0`` .. ``B-1``: the output of flow block i, in the original token order
   (``LatentFlow.forward(z, y).block_outputs``);
-- ``B-1.l`` (with ``layers=True``): the hidden state after transformer layer l
-  of the deep block (width ``flow_width``, before the final norm), put back
+- ``B.L`` (with ``layers=True``): the hidden state after transformer layer L
+  of the deep block B (width ``flow_width``, before the final norm), put back
   into the original token order.
 
 Every tensor (B, K, C) is pooled to one vector per image: ``mean`` over the K
@@ -238,8 +238,8 @@ def check_image_sizes(infos: Sequence["CheckpointInfo"], data: str) -> None:
 
 # ---------------------------------------------------------------------------- the pass
 def extract_depth_features(model: nn.Module, dataset, checkpoint_sha256: str, settings: FeatureSettings, *,
-                     cache: str | os.PathLike | None = DEFAULT_CACHE, device: str | torch.device = "cpu",
-                     num_workers: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+                           cache: str | os.PathLike | None = DEFAULT_CACHE, device: str | torch.device = "cpu",
+                           num_workers: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
     """Features at every depth of ``dataset`` (the split named in ``settings``), cached and resumable.
 
     Returns ``{depth name: (n, dim) float32, "labels": (n,), "indices": (n,)}``
@@ -315,7 +315,7 @@ def export_features(checkpoint: str | os.PathLike, out: str | os.PathLike, *, de
                                    layers=needs_layers(names), seed=seed, shard_size=shard_size,
                                    max_samples=max_samples, weights=info.weights)
         feats = extract_depth_features(model, dataset, info.sha256, settings, cache=cache, device=device,
-                                 num_workers=num_workers, progress=progress)
+                                       num_workers=num_workers, progress=progress)
         parts.append((split, feats, dataset.class_names))
     if dist_info()[0] != 0:
         return None

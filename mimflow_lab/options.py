@@ -18,13 +18,12 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from mimflow_core.splits import ALIASES, SPLITS
+
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # Old spelling -> new, accepted by every command for one release.
 RENAMED = {"--batch": "--batch-size", "--shard-size": "--batch-size", "--mask-ratios": "--mask-ratio"}
-SPLITS = ("train", "test", "all")
-# Another name of a split: an ImageFolder's held-out folder is called val/, the digits' held-out split test.
-SPLIT_ALIASES = {"val": "test"}
 
 
 def deprecation(message: str) -> None:
@@ -62,7 +61,7 @@ class SplitChoice(click.Choice):
         super().__init__(SPLITS)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        return super().convert(SPLIT_ALIASES.get(value, value), param, ctx)
+        return super().convert(ALIASES.get(value, value), param, ctx)
 
 
 def parse_mask_ratios(values: tuple[str, ...] | list[str] | str) -> list[float]:

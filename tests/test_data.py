@@ -124,7 +124,7 @@ def test_bad_specs_raise_one_line_errors(tmp_path):
     with pytest.raises(MIMFlowError, match="no such dataset"):
         load_dataset(str(tmp_path / "missing"), 8)
     with pytest.raises(MIMFlowError, match="split"):
-        load_dataset("digits", 8, "val")
+        load_dataset("digits", 8, "validation")  # "val" names the held-out split now (test below)
     (tmp_path / "only_empty").mkdir()
     with pytest.raises(MIMFlowError, match="no usable images"):
         load_dataset(str(tmp_path / "only_empty"), 8)
@@ -142,3 +142,12 @@ def test_balanced_subset_is_exact_seeded_and_class_balanced():
     assert np.array_equal(balanced_subset(labels, 25, 3), balanced_subset(labels, 25, 3))
     assert not np.array_equal(balanced_subset(labels, 25, 3), balanced_subset(labels, 25, 4))
     assert not np.array_equal(balanced_subset(labels, 10, 0), np.arange(10))  # not the first files
+
+
+def test_val_names_the_held_out_split_in_the_library_too():
+    from mimflow_core.data import load_dataset
+
+    val, test = load_dataset("digits", 8, "val"), load_dataset("digits", 8, "test")
+    assert len(val) == len(test) == 300 and np.array_equal(val.labels, test.labels)
+    with pytest.raises(MIMFlowError, match="'holdout' is not one of train, test, all"):
+        load_dataset("digits", 8, "holdout")

@@ -15,7 +15,7 @@ from typing import Callable
 import click
 from click.core import ParameterSource
 
-from mimflow_core.config import TRAIN_RECIPES, get_recipe
+from mimflow_core.config import PRESETS, TRAIN_RECIPES, get_recipe
 from mimflow_core.train.options import CPU_PRESETS, PAPER_PERCEPTUAL_WEIGHT, VARIANTS, TrainOptions
 from mimflow_lab.options import command
 
@@ -47,8 +47,9 @@ def recipe_help(field: str) -> str:
 @command(context_settings={"show_default": True})
 @option("--out", required=True, type=click.Path(file_okay=False),
         help="Run directory: ckpt.pt, log.jsonl, eval.json, samples.png, reconstructions.png.")
-@option("--preset", help="Model size and its training recipe: digits (32 px, the demo's), tiny (32 px, CPU), "
-                         "small (64 px), base, L (256 px).")
+@option("--preset", type=click.Choice(list(PRESETS)),
+        help="Model size and its training recipe: digits (32 px grey, the demo's), tiny (32 px, CPU), small (64 px), "
+             "base, L (256 px).")
 @option("--data", help="'digits' (scikit-learn, offline), an ImageFolder directory (<root>/<class>/*.jpg, "
                        "optionally <root>/train|val/...) or an ADM .npz (arr_0 uint8 NHWC, labels arr_1).")
 @option("--phase", type=click.IntRange(1, 2),

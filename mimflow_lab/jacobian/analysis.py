@@ -82,21 +82,8 @@ def check_latents(z: Tensor, y: Tensor, model, where: str) -> None:
                            f"use --unconditional")
 
 
-def encode_dataset(model, spec: str, split: str, n: int, batch: int, seed: int,
-                   unconditional: bool) -> tuple[Tensor, Tensor, np.ndarray]:
-    """z = encoder(x) without masking for a seeded class-balanced subset of ``n`` images of ``split``.
-
-    Taking the first ``n`` images instead would, on an ImageFolder sorted by
-    class, make every latent of Figure 5 one class. Returns the latents, their
-    labels (or −1) and the dataset indices used, which the result records.
-    """
-    from mimflow_core.data import balanced_subset, load_dataset
-
-    dataset = load_dataset(spec, image_size=model.config.image_size, split=split, channels=model.config.channels)
-    if n > len(dataset):
-        raise MIMFlowError(f"--samples {n}: dataset {spec} has only {len(dataset)} {split} images")
-    labels = np.asarray(dataset.labels)
-    indices = balanced_subset(labels, n, seed)
+def encode_dataset(model, dataset, indices: np.ndarray, batch: int, unconditional: bool) -> tuple[Tensor, Tensor]:
+    """z = encoder(x) without masking for the images ``indices`` of ``dataset``, and their labels (or −1)."""
     param = next(model.encoder.parameters())
     zs = []
     with torch.no_grad():
@@ -104,8 +91,32 @@ def encode_dataset(model, spec: str, split: str, n: int, batch: int, seed: int,
             images = torch.stack([dataset[int(i)][0] for i in indices[start:start + batch]])
             z = model.encode(images.to(param.device, param.dtype), mask_ratio=0.0).z
             zs.append(z.to("cpu", torch.float64))
-    y = torch.as_tensor(labels[indices], dtype=torch.long)
-    return torch.cat(zs), torch.full_like(y, -1) if unconditional else y, indices
+    y = torch.as_tensor(np.asarray(dataset.labels)[indices], dtype=torch.long)
+    return torch.cat(zs), torch.full_like(y, -1) if unconditional else y
+
+
+class DataLatents:
+    """The images every model of a run encodes: ``--split`` of ``--data``, read once per image size, and one seeded
+    class-balanced subset of ``--samples`` of them (taking the first images instead would, on an ImageFolder sorted
+    by class, make every latent of Figure 5 one class). ``indices`` go into the result."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.datasets: dict[tuple[int, int], object] = {}
+        self.indices: np.ndarray | None = None
+
+    def encode(self, model) -> tuple[Tensor, Tensor]:
+        from mimflow_core.data import balanced_subset, load_dataset
+
+        s, c = self.settings, model.config
+        if (c.image_size, c.channels) not in self.datasets:
+            self.datasets[c.image_size, c.channels] = load_dataset(s.data, c.image_size, s.split, channels=c.channels)
+        dataset = self.datasets[c.image_size, c.channels]
+        if self.indices is None:
+            if s.samples > len(dataset):
+                raise MIMFlowError(f"--samples {s.samples}: dataset {s.data} has only {len(dataset)} {s.split} images")
+            self.indices = balanced_subset(np.asarray(dataset.labels), s.samples, s.seed)
+        return encode_dataset(model, dataset, self.indices, s.batch, s.unconditional)
 
 
 def sample_latents(model, n: int, batch: int, seed: int, unconditional: bool) -> tuple[Tensor, Tensor]:
@@ -265,7 +276,8 @@ def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Setti
     given = load_latents(latents_file) if latents_file else None
     partial_path = out / "jacobian.partial.json"
     partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
-    models, latents, used = [], {}, {}
+    models, latents = [], {}
+    data = DataLatents(settings)
     for m, ckpt in enumerate(checkpoints):
         model, info = load_model(ckpt, weights=weights, device=resolve_device(device))
         flow = prepare_flow(model, settings.blocks, ckpt)
@@ -276,9 +288,7 @@ def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Setti
             z, y = given.get(key, given["z"]), given["y"]
             where = str(latents_file)
         elif settings.source == "data":
-            z, y, indices = encode_dataset(model, settings.data, settings.split, settings.samples, settings.batch,
-                                           settings.seed, settings.unconditional)
-            used["indices"] = indices.tolist()
+            z, y = data.encode(model)
             where = f"latents of {settings.data} encoded by {ckpt}"
         else:
             z, y = sample_latents(model, settings.samples, settings.batch, settings.seed, settings.unconditional)
@@ -301,7 +311,8 @@ def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Setti
     settings_dict = asdict(settings) | {"latents": latents_file, "weights": weights}
     if given is not None:  # what the file held, not the defaults of options that were not used
         settings_dict["samples"] = int(latents["y"].shape[0])
-    settings_dict |= used
+    if data.indices is not None:
+        settings_dict["indices"] = data.indices.tolist()
     result = {"settings": settings_dict, "latents": "latents.npz", "models": models}
     write_json(out / "jacobian.json", result)
     partial_path.unlink(missing_ok=True)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mimflow_core.data import as_rgb
+
 from .inception import FIDInception
 from .npz import open_images
 
@@ -52,11 +54,10 @@ class Features:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """(B,C,H,W) in [-1,1] -> uint8 NHWC RGB, rounding to the nearest level (as saving a PNG would).
 
-    A greyscale model's images (C = 1) become RGB with three equal channels, as a saved greyscale image is
-    read by every FID tool: the Inception, ADM's npz format and the reference batches are RGB.
+    Greyscale images (C = 1) become three equal channels (:func:`mimflow_core.data.as_rgb`): the Inception,
+    ADM's npz format and the reference batches are RGB.
     """
-    rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-    return (rgb * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return (as_rgb(images) * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 @torch.inference_mode()
