@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mimflow_core.atomic import write_json
-from mimflow_lab.demo import FULL_MODELS, MODELS, SAMPLE_CFG, Budget, Stage
+from mimflow_lab.demo import FID_CFG, FULL_MODELS, MODELS, Budget, Stage
 from mimflow_lab.tables import read_result
 
 RULE = __doc__.split("\n\n")[1].replace("\n", " ")  # the verdict rule, as the module docstring states it
@@ -48,7 +48,7 @@ def collect_tab5a(out: Path, budget: Budget) -> None:
     write_json(results / "tab5a" / "tab5a.json", {
         "rows": rows, "seed_spread": seed_spread(rows), "fid_samples": budget.fid_samples,
         "notes": (f"Ours: digits preset on scikit-learn digits (32 px), {budget.steps} phase-1 steps per model; "
-                  f"gFID (cfg {SAMPLE_CFG}) and rFID from {budget.fid_samples} samples / reconstructions against "
+                  f"gFID (cfg {FID_CFG:g}, no guidance) and rFID from {budget.fid_samples} samples / reconstructions against "
                   "all 300 held-out digits (fewer than the 2048 feature dimensions: comparable between rows, not "
                   "with the paper). Acc. = linear probe on encoder features before the projection, inference "
                   "mask ratio 0. Run-to-run spread = |seed 0 - seed 1| of the 0.4-0.6 recipe: a difference "
@@ -313,6 +313,7 @@ def _models_section(out: Path, budget: Budget) -> list[str]:
     roles["mimflow-gan"] = "phase 2: MIMFlow's decoder fine-tuned with the PatchGAN (alpha 0.05)"
     lines = ["## Models", "",
              "Held-out digits (300, EMA weights). Readout: the share of the model's class-conditional FID samples "
+             f"(cfg {FID_CFG:g}) "
              f"that a pixel classifier trained on real digits reads as the class they were drawn for (real "
              f"held-out digits: {_pct(readout['real_heldout_accuracy'])}); at least "
              f"{RECOGNISABLE_READOUT:.0f} % is called recognisable digits of the row's class.", "",
@@ -340,7 +341,7 @@ def _models_section(out: Path, budget: Budget) -> list[str]:
 def _generation_section(out: Path, budget: Budget) -> list[str]:
     fid = out / "results" / "fid"
     lines = ["## Generation (ADM protocol, k = 3 for precision and recall)", "",
-             f"{budget.fid_samples} class-balanced samples (cfg {SAMPLE_CFG}) per model against all 300 held-out digits; "
+             f"{budget.fid_samples} class-balanced samples (cfg {FID_CFG:g}, no guidance) per model against all 300 held-out digits; "
              f"the ceiling row is {budget.fid_samples} real training digits against the same reference.", "",
              "| samples | FID | sFID | precision | recall | FID / MIMFlow's |", "| --- | --- | --- | --- | --- | --- |"]
     base = read_result(fid / "mimflow-gfid" / "metrics.json")["fid"]
