@@ -96,13 +96,23 @@ class Costs:
         23 minutes). The slowest worker's figures are kept.
         """
         import multiprocessing
+        import queue
 
         ctx = multiprocessing.get_context("spawn")
         barrier, results = ctx.Barrier(jobs), ctx.Queue()
         procs = [ctx.Process(target=_measure_worker, args=(threads, barrier, results)) for _ in range(jobs)]
         for proc in procs:
             proc.start()
-        measured = [results.get(timeout=600) for _ in procs]
+        measured: list = []
+        while len(measured) < jobs:
+            try:
+                measured.append(results.get(timeout=2))
+            except queue.Empty:
+                died = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
+                if died:  # killed without a word (out of memory, a signal): the others wait at the barrier
+                    for proc in procs:
+                        proc.terminate()
+                    raise MIMFlowError(f"demo: a process measuring this machine's costs died (exit {died[0]})")
         for proc in procs:
             proc.join()
         failures = [item for item in measured if isinstance(item, str)]
@@ -436,7 +446,7 @@ def budget_for(out: Path, minutes: float, jobs: int, full: bool, threads: int) -
         raise MIMFlowError(f"{path}: this demo was planned with --minutes {stored.get('minutes')} --jobs "
                            f"{stored.get('jobs')}{' --full' if stored.get('full') else ''}; rerun with those or use "
                            "another --out")
-    check_minutes(minutes)  # before the ~10 s measurement
+    check_minutes(minutes)  # before the ~20 s measurement
     costs = Costs.measure(threads, jobs)
     write_json(path, {"minutes": minutes, "jobs": jobs, "full": full, "costs": vars(costs)})
     return Budget.plan(minutes, costs, jobs, full)

@@ -48,11 +48,11 @@ def collect_tab5a(out: Path, budget: Budget) -> None:
     write_json(results / "tab5a" / "tab5a.json", {
         "rows": rows, "seed_spread": seed_spread(rows), "fid_samples": budget.fid_samples,
         "notes": (f"Ours: digits preset on scikit-learn digits (32 px), {budget.steps} phase-1 steps per model; "
-                  f"gFID (cfg {FID_CFG:g}, no guidance) and rFID from {budget.fid_samples} samples / reconstructions against "
-                  "all 300 held-out digits (fewer than the 2048 feature dimensions: comparable between rows, not "
-                  "with the paper). Acc. = linear probe on encoder features before the projection, inference "
-                  "mask ratio 0. Run-to-run spread = |seed 0 - seed 1| of the 0.4-0.6 recipe: a difference "
-                  "between rows smaller than about twice it is not a difference."),
+                  f"gFID (cfg {FID_CFG:g}, no guidance) and rFID from {budget.fid_samples} samples / "
+                  "reconstructions against all 300 held-out digits (fewer than the 2048 feature dimensions: "
+                  "comparable between rows, not with the paper). Acc. = linear probe on encoder features before "
+                  "the projection, inference mask ratio 0. Run-to-run spread = |seed 0 - seed 1| of the 0.4-0.6 "
+                  "recipe: a difference between rows smaller than about twice it is not a difference."),
     })
 
 
