@@ -99,8 +99,10 @@ def test_batched_lbfgs_solves_each_problem_exactly():
         return 0.5 * (theta * Ax).sum(1) - (b[rows] * theta).sum(1), Ax - b[rows]
 
     theta = batched_lbfgs(objective, torch.zeros(G, P, dtype=torch.float64), max_iter=300, tol=1e-9, ftol=0.0)
+    # The line search compares losses, which float64 resolves to ~eps |f|: the solution is then exact to about
+    # cond * sqrt(eps) ~ 5e-6 (relative), not to tol (measured: 1.7e-6 at cond 316)
     np.testing.assert_allclose(theta.numpy(), np.linalg.solve(A.numpy(), b.numpy()[..., None])[..., 0],
-                               rtol=1e-6, atol=1e-8)
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_weight_decay_is_chosen_without_the_test_labels(digits):

@@ -29,10 +29,11 @@ def batched_lbfgs(objective: Objective, theta: torch.Tensor, *, max_iter: int = 
     rows = torch.arange(theta.shape[0], device=theta.device)  # problems still in the batch
     theta = out.clone()
     loss, grad = objective(theta, rows)
-    S = torch.zeros(history, *theta.shape, device=theta.device)  # curvature pairs, newest at it % history
+    # the history in theta's dtype: float32 curvature pairs would cap a float64 problem near 1e-7
+    S = theta.new_zeros(history, *theta.shape)  # curvature pairs, newest at it % history
     Y = torch.zeros_like(S)
-    rho = torch.zeros(history, len(rows), device=theta.device)  # 0 = empty or rejected pair
-    gamma = torch.zeros(len(rows), device=theta.device)         # initial inverse-Hessian scale; 0 = none yet
+    rho = theta.new_zeros(history, len(rows))   # 0 = empty or rejected pair
+    gamma = theta.new_zeros(len(rows))          # initial inverse-Hessian scale; 0 = none yet
     keep = grad.abs().amax(1) > tol
     for it in range(max_iter + 1):
         if not keep.all():  # drop finished problems from every state tensor
