@@ -39,7 +39,7 @@ PRESET = "digits"
 GRID_CFG = 2.0               # guidance of the sample grids: the class each row shows is plain
 FID_CFG = 1.0                # guidance of the FID samples: none. Measured on a 1000-step model, 140 samples: FID
                              # 63.5 / 61.7 / 59.7, precision 0.51 / 0.43 / 0.39, recall 0.07 / 0.14 / 0.25 at cfg
-                             # 2 / 1.5 / 1; guidance trades the recall the issue asks for against precision
+                             # 2 / 1.5 / 1: guidance trades recall for precision
 RECIPE = ("--preset", PRESET, "--data", "digits", "--sample-cfg", f"{GRID_CFG:g}")
 GAN_STEP_FRACTION = 0.05     # phase-2 steps of the main model, as a share of the phase-1 steps
 REF_IMAGES = 300             # every held-out digit (mimflow_core.data.DIGITS_TEST_SIZE)

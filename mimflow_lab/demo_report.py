@@ -341,7 +341,8 @@ def _models_section(out: Path, budget: Budget) -> list[str]:
 def _generation_section(out: Path, budget: Budget) -> list[str]:
     fid = out / "results" / "fid"
     lines = ["## Generation (ADM protocol, k = 3 for precision and recall)", "",
-             f"{budget.fid_samples} class-balanced samples (cfg {FID_CFG:g}, no guidance) per model against all 300 held-out digits; "
+             f"{budget.fid_samples} class-balanced samples (cfg {FID_CFG:g}, no guidance) per model against all 300 "
+             "held-out digits; "
              f"the ceiling row is {budget.fid_samples} real training digits against the same reference.", "",
              "| samples | FID | sFID | precision | recall | FID / MIMFlow's |", "| --- | --- | --- | --- | --- | --- |"]
     base = read_result(fid / "mimflow-gfid" / "metrics.json")["fid"]

@@ -29,7 +29,7 @@ def batched_lbfgs(objective: Objective, theta: torch.Tensor, *, max_iter: int = 
     rows = torch.arange(theta.shape[0], device=theta.device)  # problems still in the batch
     theta = out.clone()
     loss, grad = objective(theta, rows)
-    # the history in theta's dtype: float32 curvature pairs would cap a float64 problem near 1e-7
+    # the history in theta's dtype (torch.zeros would make it float32 beside a float64 theta)
     S = theta.new_zeros(history, *theta.shape)  # curvature pairs, newest at it % history
     Y = torch.zeros_like(S)
     rho = theta.new_zeros(history, len(rows))   # 0 = empty or rejected pair
