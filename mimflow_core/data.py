@@ -15,11 +15,20 @@ Analyses get deterministic images by leaving ``flip=False`` (the default).
 Splits: ``"train"``, ``"test"`` or ``"all"``. ``digits`` holds out a fixed
 stratified 300 of its 1797 images; a directory with ``train/`` and ``val/`` (or
 ``test/``) sub-folders uses them; any other directory or npz holds out a fixed
-stratified 10%.
+stratified 10% (unstratified where a class is too small for that).
+
+Nothing a file says can crash a scan or a load: unreadable, truncated,
+oversized (decompression bombs) and odd-sized images are skipped and
+counted; an npz's headers are checked against its real size before anything
+is allocated; every message names the file on one printable line.
 """
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +49,28 @@ SPLIT_SEED = 0
 # An image whose short side is below image_size / MAX_UPSCALE would be blown up
 # more than this factor by the centre-crop resize: treated as "odd-sized".
 MAX_UPSCALE = 4
+# A file PIL opens from its header alone must also end as its format ends (PNG's IEND chunk, JPEG's EOI
+# marker) somewhere in its last TAIL_BYTES (trailing padding allowed): else it was cut short.
+TAIL_BYTES = 4096
+END_MARKERS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9", "MPO": b"\xff\xd9"}
+SKIP_REASONS = ("unreadable", "too large", "odd-sized")
+
+
+def one_line(text: object) -> str:
+    """``text`` as one printable line, escaped where it is not: a file name may hold a newline (two lines)
+    or bytes that are not UTF-8 (lone surrogates, whose printing raises UnicodeEncodeError)."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def _fingerprint(parts: Sequence[bytes]) -> str:
+    """A content key for the feature cache: a dataset's fingerprint changes whenever what it reads does."""
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
+
+
+def _stamp(path: Path, stat: os.stat_result) -> bytes:
+    """Name, size and modification time: a changed file changes them without being read whole."""
+    return os.fsencode(path) + f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
 
 
 def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
@@ -63,23 +94,49 @@ def as_rgb(images: torch.Tensor) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An RGB view of ``image`` by its mode's real range: PIL's ``convert("RGB")`` clips 16-bit and 32-bit
+    greys ("I;16", "I") and float greys ("F") at 255, so a 16-bit value of 30000 (of 65535) becomes white.
+
+    Integer greys are read as 16-bit (value / 257, the range PNG and TIFF store); float greys as [0, 1]
+    when no value exceeds 1, else as 0..255.
+    """
+    if image.mode.startswith("I"):
+        grey = np.asarray(image, dtype=np.float64) / 257.0
+    elif image.mode == "F":
+        grey = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        grey = grey * 255.0 if grey.max() <= 1.0 else grey
+    else:
+        return image.convert("RGB")
+    return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
+
+
 def uint8_to_tensor(arr: np.ndarray) -> torch.Tensor:
     """uint8 HWC -> float CHW in [-1, 1] (ADM's ``x / 127.5 - 1``)."""
     return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-def holdout_split(labels: np.ndarray, test_size: int | float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed stratified (train, test) index split; falls back to unstratified if a class is a singleton.
+def holdout_split(labels: np.ndarray, test_size: int | float, seed: int = SPLIT_SEED, *,
+                  source: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+    """Fixed stratified (train, test) index split; unstratified where stratifying cannot work.
 
     An integer ``test_size`` holds out exactly that many images (digits: 300), which scikit-learn's
     ``train_test_split`` guarantees across classes; every result depends on these indices staying fixed.
+    Stratifying needs two images in every class and at least one per class on each side, which a small
+    folder lacks: it then gets a plain seeded split instead of scikit-learn's ValueError. Fewer images than
+    one to hold out and one to train on is a :class:`MIMFlowError` naming ``source``.
     """
     from sklearn.model_selection import train_test_split
 
-    index = np.arange(len(labels))
-    counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
-    stratify = labels if counts[counts > 0].min(initial=2) >= 2 else None
-    train, test = train_test_split(index, test_size=test_size, stratify=stratify, random_state=seed)
+    n = len(labels)
+    n_test = test_size if isinstance(test_size, (int, np.integer)) else math.ceil(test_size * n)  # as sklearn does
+    counts = np.bincount(labels) if n else np.zeros(0, int)
+    counts = counts[counts > 0]
+    if not 0 < n_test < n:
+        raise MIMFlowError(f"{one_line(source)}: {n} image(s) in {counts.size} class(es); holding out {n_test} "
+                           f"needs at least {n_test + 1}; use split 'all' or add images")
+    stratify = labels if counts.min() >= 2 and min(n_test, n - n_test) >= counts.size else None
+    train, test = train_test_split(np.arange(n), test_size=test_size, stratify=stratify, random_state=seed)
     return np.sort(train), np.sort(test)
 
 
@@ -104,12 +161,17 @@ def _flip_coin(seed: int, epoch: int, index: int) -> bool:
 
 
 class ImageDataset(Dataset):
-    """Base class: labels, class names, deterministic flip, ``set_epoch``."""
+    """Base class: labels, class names, deterministic flip, ``set_epoch``.
 
-    def __init__(self, labels: np.ndarray, class_names: Sequence[str], flip: bool, seed: int):
+    ``fingerprint`` changes whenever the content read changes (files edited in place under the same
+    path): the feature cache keys its entries by it, so it never serves features of old pixels.
+    """
+
+    def __init__(self, labels: np.ndarray, class_names: Sequence[str], fingerprint: str, flip: bool, seed: int):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
+        self.fingerprint = fingerprint
         self.flip = flip
         self.seed = seed
         self.epoch = 0
@@ -134,9 +196,9 @@ class ImageDataset(Dataset):
 class TensorImageDataset(ImageDataset):
     """Images already decoded and resized, held in one float tensor (N, C, H, W)."""
 
-    def __init__(self, images: torch.Tensor, labels: np.ndarray, class_names: Sequence[str],
+    def __init__(self, images: torch.Tensor, labels: np.ndarray, class_names: Sequence[str], fingerprint: str,
                  flip: bool = False, seed: int = 0):
-        super().__init__(labels, class_names, flip, seed)
+        super().__init__(labels, class_names, fingerprint, flip, seed)
         self.images = images
 
     def load(self, index: int) -> torch.Tensor:
@@ -146,9 +208,9 @@ class TensorImageDataset(ImageDataset):
 class ImageFolderDataset(ImageDataset):
     """Files decoded with PIL on access, ``center_crop_arr`` applied."""
 
-    def __init__(self, files: Sequence[Path], labels: np.ndarray, class_names: Sequence[str],
+    def __init__(self, files: Sequence[Path], labels: np.ndarray, class_names: Sequence[str], fingerprint: str,
                  image_size: int, flip: bool = False, seed: int = 0):
-        super().__init__(labels, class_names, flip, seed)
+        super().__init__(labels, class_names, fingerprint, flip, seed)
         self.files = list(files)
         self.image_size = image_size
 
@@ -156,9 +218,9 @@ class ImageFolderDataset(ImageDataset):
         path = self.files[index]
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise MIMFlowError(f"{path}: cannot decode image ({e})") from None
+                image = to_rgb(im)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # a file changed since the scan
+            raise MIMFlowError(one_line(f"{path}: cannot decode image ({e})")) from None
         return uint8_to_tensor(center_crop_arr(image, self.image_size))
 
 
@@ -181,78 +243,102 @@ def load_digits_images(image_size: int, channels: int = 3) -> tuple[torch.Tensor
 
 def _digits(image_size: int, split: str, flip: bool, seed: int, channels: int) -> TensorImageDataset:
     images, labels = load_digits_images(image_size, channels)
-    index = _split_index(labels, split, DIGITS_TEST_SIZE)
-    return TensorImageDataset(images[index], labels[index], [str(d) for d in range(10)], flip, seed)
+    index = _split_index(labels, split, DIGITS_TEST_SIZE, "digits")
+    # scikit-learn ships the digits in its wheel: the same 1797 images everywhere, a constant fingerprint
+    return TensorImageDataset(images[index], labels[index], [str(d) for d in range(10)], "sklearn-digits",
+                              flip, seed)
 
 
-def _split_index(labels: np.ndarray, split: str, test_size: int | float) -> np.ndarray:
+def _split_index(labels: np.ndarray, split: str, test_size: int | float, source: str) -> np.ndarray:
     if split == "all":
         return np.arange(len(labels))
-    train, test = holdout_split(labels, test_size)
+    train, test = holdout_split(labels, test_size, source=source)
     return train if split == "train" else test
 
 
 # ---------------------------------------------------------------------------- folders
 @dataclass
 class FolderScan:
-    """What a directory scan found: kept files and the problems it skipped."""
+    """What a directory scan found: kept files with their stamps (for the fingerprint), and what it skipped."""
 
     files: list[Path]
+    stamps: list[bytes]  # relative name, size and mtime of each kept file
     labels: np.ndarray
     class_names: list[str]
     empty_classes: list[str]
-    unreadable: list[Path]
-    odd_sized: list[Path]
-
-    @property
-    def skipped(self) -> int:
-        return len(self.unreadable) + len(self.odd_sized)
+    skipped: dict[str, list[Path]]  # SKIP_REASONS entry -> files
 
 
 def scan_image_folder(root: Path, image_size: int) -> FolderScan:
-    """List ``root/<class>/**/<image>``; open each header to find unreadable or odd-sized files.
+    """List ``root/<class>/**/<image>`` and sort out the files that cannot be used, by reason (SKIP_REASONS).
 
-    Only the header is read (PIL is lazy), so a million-image tree scans in
-    about a minute. Odd-sized = short side below ``image_size / MAX_UPSCALE``.
+    Only each file's header and last TAIL_BYTES are read (PIL is lazy), so a million-image tree scans
+    in about a minute; a file cut short passes the header but not the tail. Over PIL's
+    decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is "too large": its warning is an error here.
+    Odd-sized = short side below ``image_size / MAX_UPSCALE``.
     """
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files, labels, names, empty, unreadable, odd = [], [], [], [], [], []
-    for class_dir in class_dirs:
-        candidates = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        kept = []
-        for path in candidates:
-            try:
-                with Image.open(path) as im:
-                    width, height = im.size
-            except (OSError, ValueError, Image.DecompressionBombError):
-                unreadable.append(path)
+    files, stamps, labels, names, empty = [], [], [], [], []
+    skipped: dict[str, list[Path]] = {reason: [] for reason in SKIP_REASONS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for class_dir in class_dirs:
+            kept = 0
+            for path in sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+                problem, stat = _check_image(path, image_size)
+                if problem is not None:
+                    skipped[problem].append(path)
+                    continue
+                files.append(path)
+                stamps.append(_stamp(path.relative_to(root), stat))
+                kept += 1
+            if not kept:
+                empty.append(class_dir.name)
                 continue
-            if min(width, height) * MAX_UPSCALE < image_size:
-                odd.append(path)
-                continue
-            kept.append(path)
-        if not kept:
-            empty.append(class_dir.name)
-            continue
-        files += kept
-        labels += [len(names)] * len(kept)
-        names.append(class_dir.name)
-    return FolderScan(files, np.asarray(labels, dtype=np.int64), names, empty, unreadable, odd)
+            labels += [len(names)] * kept
+            names.append(class_dir.name)
+    return FolderScan(files, stamps, np.asarray(labels, dtype=np.int64), names, empty, skipped)
+
+
+def _check_image(path: Path, image_size: int) -> tuple[str | None, os.stat_result | None]:
+    """Why ``path`` cannot be used (a SKIP_REASONS entry, or None) and, when it can, its stat: one open file."""
+    try:
+        with open(path, "rb") as f:
+            stat = os.fstat(f.fileno())
+            with Image.open(f) as im:
+                size, image_format = im.size, im.format
+            whole = _ends_whole(f, END_MARKERS.get(image_format), stat.st_size)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        return "too large", None
+    except (OSError, ValueError):
+        return "unreadable", None
+    if not whole:
+        return "unreadable", None
+    if min(size) * MAX_UPSCALE < image_size:
+        return "odd-sized", None
+    return None, stat
+
+
+def _ends_whole(f, marker: bytes | None, size: int) -> bool:
+    """Whether an open file's last TAIL_BYTES hold its format's end marker (formats without one here pass)."""
+    if marker is None:
+        return True
+    f.seek(max(0, size - TAIL_BYTES))
+    return marker in f.read()
 
 
 def _report_scan(root: Path, scan: FolderScan, strict: bool) -> None:
+    what = {"unreadable": "unreadable or truncated image(s)",
+            "too large": f"too-large image(s), over PIL's limit of {Image.MAX_IMAGE_PIXELS} pixels",
+            "odd-sized": f"odd-sized image(s), short side < image_size/{MAX_UPSCALE}"}
     problems = []
     if scan.empty_classes:
         problems.append(f"{len(scan.empty_classes)} class folder(s) without usable images "
                         f"({', '.join(scan.empty_classes[:5])}{', ...' if len(scan.empty_classes) > 5 else ''})")
-    if scan.unreadable:
-        problems.append(f"{len(scan.unreadable)} unreadable image(s) (first: {scan.unreadable[0]})")
-    if scan.odd_sized:
-        problems.append(f"{len(scan.odd_sized)} odd-sized image(s), short side < image_size/{MAX_UPSCALE} "
-                        f"(first: {scan.odd_sized[0]})")
+    problems += [f"{len(paths)} {what[reason]} (first: {paths[0]})" for reason, paths in scan.skipped.items() if paths]
     if not problems:
         return
-    message = f"{root}: " + "; ".join(problems)
+    message = one_line(f"{root}: " + "; ".join(problems))
     if strict:
         raise MIMFlowError(message + " (strict mode; fix or remove them)")
     warnings.warn(message + " -- skipped (pass strict=True / --strict to fail instead)", stacklevel=3)
@@ -268,47 +354,96 @@ def _folder(root: Path, image_size: int, split: str, flip: bool, seed: int, stri
         names = scans[0].class_names
         for p, s in zip(parts[1:], scans[1:]):
             if s.class_names != names:
-                raise MIMFlowError(f"{split_dirs[p]}: class folders differ from {split_dirs['train']}")
+                raise MIMFlowError(one_line(f"{split_dirs[p]}: class folders differ from {split_dirs['train']}"))
         files = [f for s in scans for f in s.files]
+        stamps = [t for s in scans for t in s.stamps]
         labels = np.concatenate([s.labels for s in scans])
     else:
         scan = scan_image_folder(root, image_size)
         _report_scan(root, scan, strict)
         names = scan.class_names
-        index = _split_index(scan.labels, split, HOLDOUT_FRACTION) if len(scan.files) else np.arange(0)
+        index = _split_index(scan.labels, split, HOLDOUT_FRACTION, str(root)) if len(scan.files) else np.arange(0)
         files = [scan.files[i] for i in index]
+        stamps = [scan.stamps[i] for i in index]
         labels = scan.labels[index]
     if not files:
-        raise MIMFlowError(f"{root}: no usable images for split {split!r} "
-                           "(expected <root>/<class>/<image> or <root>/train|val/<class>/<image>)")
-    return ImageFolderDataset(files, labels, names, image_size, flip, seed)
+        raise MIMFlowError(one_line(f"{root}: no usable images for split {split!r} "
+                                    "(expected <root>/<class>/<image> or <root>/train|val/<class>/<image>)"))
+    return ImageFolderDataset(files, labels, names, _fingerprint(stamps), image_size, flip, seed)
 
 
 # ---------------------------------------------------------------------------- npz
+NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+# A zip member's uncompressed size is a number in the file, as easy to forge as a .npy header; what is on
+# disk bounds it: np.savez stores members (1:1) or deflates them (at most about 1032:1).
+MAX_EXPANSION = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: 1032}
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a label of 10**12 would make a name for every class below it
+
+
 def _npz(path: Path, image_size: int, split: str, flip: bool, seed: int) -> TensorImageDataset:
-    try:
-        with np.load(path) as data:
-            if "arr_0" not in data:
-                raise MIMFlowError(f"{path}: no arr_0 (expected ADM npz: arr_0 uint8 NHWC, labels in arr_1)")
-            arr = data["arr_0"]
-            labels = data["arr_1"].astype(np.int64) if "arr_1" in data else None
-    except (OSError, ValueError) as e:
-        raise MIMFlowError(f"{path}: cannot read npz ({e})") from None
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise MIMFlowError(f"{path}: arr_0 must be uint8 (N, H, W, 3 or 1), got {arr.dtype} {arr.shape}")
+    arr, labels = _read_npz(path)
     if labels is None:
         labels, names = np.zeros(len(arr), np.int64), ["unlabelled"]
     else:
-        if labels.shape != (len(arr),) or (labels < 0).any():
-            raise MIMFlowError(f"{path}: arr_1 must hold one non-negative label per image, got shape {labels.shape}")
+        if labels.shape != (len(arr),):
+            raise MIMFlowError(one_line(f"{path}: arr_1 must hold one label per image ({len(arr)}), "
+                                        f"got shape {labels.shape}"))
+        if labels.min() < 0 or labels.max() >= MAX_CLASSES:
+            raise MIMFlowError(one_line(f"{path}: arr_1 labels must lie in 0..{MAX_CLASSES - 1}, "
+                                        f"got {labels.min()}..{labels.max()}"))
+        labels = labels.astype(np.int64)
         names = [str(c) for c in range(int(labels.max()) + 1)]
-    index = _split_index(labels, split, HOLDOUT_FRACTION)
+    index = _split_index(labels, split, HOLDOUT_FRACTION, str(path))
     arr, labels = arr[index], labels[index]
     if arr.shape[1:3] != (image_size, image_size) or arr.shape[-1] == 1:
         arr = np.stack([center_crop_arr(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a).convert("RGB"),
                                         image_size) for a in arr])
     images = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return TensorImageDataset(images, labels, names, flip, seed)
+    return TensorImageDataset(images, labels, names, _fingerprint([_stamp(path.resolve(), path.stat())]), flip, seed)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``arr_0`` and ``arr_1`` (None when absent) of an ADM npz, never allocating what a header merely claims."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.namelist()
+            if "arr_0.npy" not in members:
+                raise MIMFlowError(one_line(f"{path}: no arr_0 (expected ADM npz: arr_0 uint8 NHWC, labels in arr_1)"))
+            images = _npz_array(path, z, "arr_0", _images_problem)
+            labels = _npz_array(path, z, "arr_1", _labels_problem) if "arr_1.npy" in members else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise MIMFlowError(one_line(f"{path}: cannot read npz ({e})")) from None
+    return images, labels
+
+
+def _npz_array(path: Path, z: zipfile.ZipFile, name: str, problem) -> np.ndarray:
+    """One member, read only once its header passes ``problem(shape, dtype)`` and fits the bytes on disk."""
+    info = z.getinfo(f"{name}.npy")
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in NPY_HEADERS:
+            raise MIMFlowError(one_line(f"{path}: {name} uses .npy format {version}; save it with np.savez"))
+        shape, _, dtype = NPY_HEADERS[version](f)
+        if (wrong := problem(shape, dtype)) is not None:
+            raise MIMFlowError(one_line(f"{path}: {wrong}"))
+        declared = math.prod(shape) * dtype.itemsize
+        on_disk = min(info.compress_size, path.stat().st_size) * MAX_EXPANSION.get(info.compress_type, 1)
+        room = min(info.file_size, on_disk) - f.tell()
+        if declared > room:
+            raise MIMFlowError(one_line(f"{path}: {name} claims shape {shape} of {dtype} ({declared} bytes), "
+                                        f"but the file holds at most {max(room, 0)} bytes of it"))
+    with z.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _images_problem(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3) or min(shape[1:3]) < 1:
+        return f"arr_0 must be uint8 (N, H, W, 3 or 1), got {dtype} {shape}"
+    return "arr_0 holds no images" if shape[0] < 1 else None
+
+
+def _labels_problem(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    return None if dtype.kind in "iu" else f"arr_1 must hold integer class labels, got {dtype} {shape}"
 
 
 # ---------------------------------------------------------------------------- entry point

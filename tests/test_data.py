@@ -1,6 +1,13 @@
 """Datasets: digits split and upscaling, ADM centre crop, folders with bad files, npz files."""
 from __future__ import annotations
 
+import io
+import os
+import re
+import struct
+import warnings
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +158,148 @@ def test_val_names_the_held_out_split_in_the_library_too():
     assert len(val) == len(test) == 300 and np.array_equal(val.labels, test.labels)
     with pytest.raises(MIMFlowError, match="'holdout' is not one of train, test, all"):
         load_dataset("digits", 8, "holdout")
+
+
+# ---------------------------------------------------------------------------- hostile files (issue 14)
+def _image(path, side=16, seed=0):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+
+
+def _two_classes(root, n=3):
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            _image(root / cls / f"{i}.png", seed=i)
+
+
+def test_16_bit_grey_png_keeps_its_range(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(tmp_path / "a" / "grey16.png")
+    assert Image.open(tmp_path / "a" / "grey16.png").mode == "I;16"  # what PIL reopens it as
+    image, _ = load_dataset(str(tmp_path), 8, "all")[0]
+    np.testing.assert_allclose(image.numpy(), 30000 / 65535 * 2 - 1, atol=1 / 127.5)  # not 1.0 (white)
+
+
+def test_truncated_png_and_jpeg_are_skipped_or_refused_when_strict(tmp_path):
+    _two_classes(tmp_path)
+    png = (tmp_path / "a" / "0.png").read_bytes()
+    (tmp_path / "a" / "cut.png").write_bytes(png[: len(png) // 2])
+    _image(tmp_path / "whole.jpg", side=64)
+    jpeg = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "b" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tmp_path / "b" / "padded.jpg").write_bytes(jpeg + bytes(1000))  # zeros after the EOI marker: whole
+    with pytest.warns(UserWarning, match=r"2 unreadable or truncated image\(s\) \(first: .*cut\.png\)") as caught:
+        ds = load_dataset(str(tmp_path), 8, "all")
+    assert len(caught) == 1 and len(ds) == 7 and all("cut" not in f.name for f in ds.files)
+    assert ds[ds.files.index(tmp_path / "b" / "padded.jpg")][0].shape == (3, 8, 8)
+    with pytest.raises(MIMFlowError, match=r"cut\.png.*strict") as refused:
+        load_dataset(str(tmp_path), 8, "all", strict=True)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_file_that_fails_to_decode_at_load_names_itself(tmp_path):
+    _two_classes(tmp_path)
+    ds = load_dataset(str(tmp_path), 8, "all")
+    png = ds.files[0].read_bytes()
+    ds.files[0].write_bytes(png[:40] + bytes(len(png) - 52) + png[-12:])  # header and IEND intact, data zeroed
+    with pytest.raises(MIMFlowError, match=r"a/0\.png: cannot decode image") as failed:
+        ds[0]
+    assert "\n" not in str(failed.value)
+
+
+def test_decompression_bombs_are_skipped_as_too_large(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    for name, side in (("fine.png", 8), ("warns.png", 12), ("raises.png", 16)):  # 64, 144 > 100, 256 > 2 x 100
+        _image(tmp_path / "a" / name, side)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_dataset(str(tmp_path), 8, "all")
+    assert [f.name for f in ds.files] == ["fine.png"]
+    assert [w.category for w in caught] == [UserWarning]  # no stray DecompressionBombWarning
+    assert re.search(r"2 too-large image\(s\), over PIL's limit of 100 pixels", str(caught[0].message))
+
+
+def test_odd_file_names_scan_load_and_report(tmp_path, capsys):
+    _two_classes(tmp_path, n=2)
+    odd = [os.fsdecode(b"\xff\xfe.png"), "with space.png", "new\nline.png", "\u00fcn\u00ef\U0001f600.png"]
+    for i, name in enumerate(odd):
+        _image(tmp_path / "a" / name, seed=10 + i)
+    (tmp_path / "a" / os.fsdecode(b"bad\xff\nname.png")).write_bytes(b"junk")
+    with pytest.warns(UserWarning) as caught:
+        ds = load_dataset(str(tmp_path), 8, "all")
+    assert sorted(f.name for f in ds.files if f.name not in ("0.png", "1.png")) == sorted(odd)
+    assert all(ds[i][0].shape == (3, 8, 8) for i in range(len(ds)))
+    message = str(caught[0].message)
+    assert "\n" not in message and r"bad\udcff\nname.png" in message
+    print(message)  # printing it must not raise UnicodeEncodeError
+    message.encode("utf-8")
+    assert "1 unreadable" in capsys.readouterr().out
+
+
+def test_small_folders_split_unstratified_or_refuse(tmp_path):
+    _two_classes(tmp_path / "four", n=2)  # 1 held out < 2 classes: stratifying is impossible, a plain split works
+    train, test = (load_dataset(str(tmp_path / "four"), 8, s) for s in ("train", "test"))
+    assert (len(train), len(test)) == (3, 1) and not set(train.files) & set(test.files)
+    (tmp_path / "one" / "a").mkdir(parents=True)
+    _image(tmp_path / "one" / "a" / "only.png")
+    assert len(load_dataset(str(tmp_path / "one"), 8, "all")) == 1
+    with pytest.raises(MIMFlowError, match=r"one: 1 image\(s\) in 1 class\(es\); holding out 1 needs at least 2; "
+                                           r"use split 'all'"):
+        load_dataset(str(tmp_path / "one"), 8, "test")
+
+
+def _forge_stored_size(path, size):
+    """Patch the uncompressed size of a zip's only (stored) member, in its local and central headers."""
+    data = bytearray(path.read_bytes())
+    central = data.rindex(b"PK\x01\x02")
+    data[22:26] = data[central + 24: central + 28] = struct.pack("<I", size)
+    path.write_bytes(bytes(data))
+
+
+def _npy_header(shape):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _bad_npz(tmp_path, case):
+    path, images = tmp_path / f"{case}.npz", np.zeros((10, 8, 8, 3), np.uint8)
+    if case == "truncated":
+        np.savez(path, images, np.arange(10) % 2)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif case in ("huge", "forged"):
+        shape = (10**12, 32, 32, 3) if case == "huge" else (10**6, 32, 32, 3)  # 3 TB; 3 GB within a forged 4 GB
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("arr_0.npy", _npy_header(shape) + bytes(1000))
+        if case == "forged":
+            _forge_stored_size(path, 0xFFFFFFF0)
+    elif case == "objects":
+        np.savez(path, np.array([1, "a", None], dtype=object))
+    elif case == "string labels":
+        np.savez(path, images, np.array(["cat"] * 10))
+    elif case == "float labels":
+        np.savez(path, images, np.linspace(0, 1, 10))
+    elif case == "huge label":
+        np.savez(path, images, np.full(10, 10**12))
+    elif case == "empty":
+        np.savez(path, np.zeros((0, 8, 8, 3), np.uint8))
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("truncated", r"cannot read npz \(File is not a zip file\)"),
+    ("huge", r"arr_0 claims shape \(1000000000000, 32, 32, 3\) of uint8 \(3072000000000000 bytes\), "
+             r"but the file holds at most 1000 bytes of it"),
+    ("forged", r"arr_0 claims shape \(1000000, 32, 32, 3\) .* at most 1000 bytes"),
+    ("objects", r"arr_0 must be uint8 \(N, H, W, 3 or 1\), got object \(3,\)"),
+    ("string labels", r"arr_1 must hold integer class labels, got <U3 \(10,\)"),
+    ("float labels", r"arr_1 must hold integer class labels, got float64 \(10,\)"),
+    ("huge label", r"arr_1 labels must lie in 0\.\.99999, got 1000000000000\.\.1000000000000"),
+    ("empty", r"arr_0 holds no images"),
+])
+def test_bad_npz_files_raise_one_line_errors(tmp_path, case, message):
+    path = _bad_npz(tmp_path, case)
+    with pytest.raises(MIMFlowError, match=message) as refused:
+        load_dataset(str(path), 8, "all")
+    assert str(refused.value).startswith(f"{path}: ") and "\n" not in str(refused.value)
