@@ -24,8 +24,11 @@ so a feature depends neither on the device nor on how the work is split
 across processes or resumed. Features are cached as NPZ shards under
 ``<cache>/<checkpoint sha256>-<settings hash>/`` by the shard engine
 (:mod:`mimflow_lab.shards`): written atomically, a rerun skips finished
-shards, and under ``torchrun`` rank r computes shards r, r + W, ... while
-rank 0 merges them into ``features.npz`` and deletes the shards.
+shards (and redoes damaged ones), and under ``torchrun`` rank r computes
+shards r, r + W, ... while rank 0 merges them into ``features.npz`` and
+deletes the shards. The settings hash covers the dataset's ``fingerprint``
+(the files' names, sizes and mtimes), so images edited in place are a new
+entry, never old features.
 """
 from __future__ import annotations
 
@@ -44,18 +47,19 @@ from torch import nn
 
 from mimflow_core.atomic import write_json
 from mimflow_core.config import ModelConfig
+from mimflow_core.data import one_line
 from mimflow_core.distributed import current_process, dist_info
 from mimflow_core.errors import MIMFlowError
 from mimflow_lab.defaults import CACHE_ROOT
 from mimflow_lab.metrics.npz import NpzArrayReader, write_npz
-from mimflow_lab.shards import ShardPlan, merge_shards, read_arrays, run_shards
+from mimflow_lab.shards import ShardPlan, merge_shards, read_finished, run_shards
 
 if TYPE_CHECKING:
     from mimflow_core.checkpoint import CheckpointInfo
 
 POOLS = ("mean", "flat")
 DEFAULT_CACHE = CACHE_ROOT / "features"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed by the dataset's content fingerprint too
 
 
 # ---------------------------------------------------------------------------- depth names
@@ -152,14 +156,17 @@ class FeatureSettings:
         if self.shard_size < 1:
             raise MIMFlowError(f"shard size: {self.shard_size} must be >= 1")
 
-    def key(self) -> str:
+    def key(self, fingerprint: str) -> str:
+        """The cache key of these settings on data whose content has ``fingerprint`` (a path alone would
+        serve old features after its images change)."""
         data = self.data if self.data == "digits" else str(Path(self.data).expanduser().resolve())
-        blob = json.dumps({**asdict(self), "data": data, "version": CACHE_VERSION}, sort_keys=True)
+        blob = json.dumps({**asdict(self), "data": data, "fingerprint": fingerprint, "version": CACHE_VERSION},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cache_dir(root: str | os.PathLike, checkpoint_sha256: str, settings: FeatureSettings) -> Path:
-    return Path(root).expanduser() / f"{checkpoint_sha256[:16]}-{settings.key()}"
+def cache_dir(root: str | os.PathLike, checkpoint_sha256: str, settings: FeatureSettings, fingerprint: str) -> Path:
+    return Path(root).expanduser() / f"{checkpoint_sha256[:16]}-{settings.key(fingerprint)}"
 
 
 def select_indices(labels: np.ndarray, max_samples: int | None, classes: int | None, seed: int) -> np.ndarray:
@@ -248,16 +255,18 @@ def extract_depth_features(model: nn.Module, dataset, checkpoint_sha256: str, se
     initialised process group every rank must call this; all get the result.
     """
     indices = select_indices(np.asarray(dataset.labels), settings.max_samples, settings.classes, settings.seed)
+    keys = frozenset(depth_names(model.config, settings.layers)) | {"labels"}
     if cache is not None:
         # an entry with the deep-block layers holds every depth of one without them
         for candidate in [settings] + ([] if settings.layers else [replace(settings, layers=True)]):
-            if (done := read_arrays(cache_dir(cache, checkpoint_sha256, candidate) / "features.npz")) is not None:
+            entry = cache_dir(cache, checkpoint_sha256, candidate, dataset.fingerprint)
+            if (done := read_finished(entry / "features.npz", indices, keys)) is not None:
                 return done
     process = current_process(device)
-    folder = None if cache is None else cache_dir(cache, checkpoint_sha256, settings)
+    folder = None if cache is None else cache_dir(cache, checkpoint_sha256, settings, dataset.fingerprint)
     if folder is None and process.world > 1:
         raise MIMFlowError("features: distributed extraction needs a cache directory to exchange shards")
-    plan = ShardPlan(indices.size, settings.shard_size, folder, items=indices)
+    plan = ShardPlan(indices.size, settings.shard_size, folder, items=indices, keys=keys)
 
     def produce(work: tuple[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, np.ndarray]:
         shard, (images, labels) = work
@@ -273,12 +282,19 @@ def extract_depth_features(model: nn.Module, dataset, checkpoint_sha256: str, se
     process.barrier()
     merged = folder / "features.npz"
     if process.is_main:
-        write_npz(merged, merge_shards(plan))
+        result = merge_shards(plan)
+        write_npz(merged, result)
         write_json(folder / "settings.json", {**asdict(settings), "checkpoint_sha256": checkpoint_sha256,
-                                              "num_samples": int(indices.size), "num_shards": plan.num_shards})
+                                              "fingerprint": dataset.fingerprint, "num_samples": int(indices.size),
+                                              "num_shards": plan.num_shards})
         plan.remove()
     process.barrier()
-    return read_arrays(merged)
+    if not process.is_main:
+        result = read_finished(merged, indices, keys)
+        if result is None:
+            raise MIMFlowError(one_line(f"{merged}: rank {process.rank} cannot read what rank 0 merged; "
+                                        "give every rank one shared --cache directory"))
+    return result
 
 
 def _batches(dataset, plan: ShardPlan, todo: list[int], num_workers: int):

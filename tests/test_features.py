@@ -1,10 +1,13 @@
 """Per-depth features: equal to a hand-written forward pass, cached = recomputed, split across ranks."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from PIL import Image
 
 from mimflow_core.checkpoint import save_checkpoint
 from mimflow_core.config import get_preset
@@ -13,7 +16,9 @@ from mimflow_core.errors import MIMFlowError
 from mimflow_core.model import MIMFlow
 from mimflow_lab import depth_features as F
 from mimflow_lab import load_model
+from mimflow_lab.cli import main
 from mimflow_lab.jacobian.synthetic import randomise_outputs
+from mimflow_lab.shards import read_finished
 
 MICRO = dict(image_size=16, patch_size=4, enc_depth=1, enc_width=32, enc_heads=2, num_tokens=8, latent_dim=4,
              flow_blocks=(1, 1, 2), flow_width=32, flow_heads=2, dec_depth=1, dec_width=32, dec_heads=2)
@@ -122,7 +127,7 @@ def test_cache_equals_recomputed_and_resumes(ckpt, digits_test, tmp_path, monkey
     monkeypatch.setattr(F, "extract_batch", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         F.extract_depth_features(model, digits_test, info.sha256, settings, cache=tmp_path, progress=False)
-    folder = F.cache_dir(tmp_path, info.sha256, settings)
+    folder = F.cache_dir(tmp_path, info.sha256, settings, digits_test.fingerprint)
     assert len(list(folder.glob("shard_*.npz"))) == 2 and not list(folder.glob(".*tmp"))
 
     calls.clear()
@@ -141,7 +146,7 @@ def test_cache_equals_recomputed_and_resumes(ckpt, digits_test, tmp_path, monkey
         np.testing.assert_array_equal(cached[name], fresh[name])
     # another setting is another cache entry
     other = F.FeatureSettings(split="test", mask_ratio=0.25, layers=True, shard_size=64)
-    assert F.cache_dir(tmp_path, info.sha256, other) != folder
+    assert F.cache_dir(tmp_path, info.sha256, other, digits_test.fingerprint) != folder
 
 
 def test_select_indices_is_class_balanced(digits_test):
@@ -189,3 +194,63 @@ def test_refuses_other_image_sizes_before_any_work(ckpt, tmp_path):
     np.savez(npz, arr_0=np.zeros((20, 24, 24, 3), np.uint8), arr_1=np.arange(20) % 2)
     with pytest.raises(MIMFlowError, match=r"trained on 16 px images, but .*imgs\.npz holds 24 px"):
         F.check_checkpoints([ckpt], str(npz))
+
+
+def _image_folder(root, per_class=10):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+
+
+def test_cache_follows_the_images_not_only_their_path(ckpt, tmp_path):
+    """An image edited in place (same path, new content and mtime) is a new cache entry, never old features."""
+    _image_folder(tmp_path / "data")
+    model, info = load_model(ckpt)
+    settings = F.FeatureSettings(data=str(tmp_path / "data"), split="all", shard_size=8)
+
+    def extract(cache):
+        dataset = load_dataset(settings.data, 16, "all")  # scanned again: the fingerprint of what is there now
+        return F.extract_depth_features(model, dataset, info.sha256, settings, cache=cache, progress=False)
+
+    before = extract(tmp_path / "cache")
+    edited = tmp_path / "data" / "a" / "3.png"
+    mtime = edited.stat().st_mtime_ns
+    Image.fromarray(np.full((16, 16, 3), 255, np.uint8)).save(edited)
+    os.utime(edited, ns=(mtime + 10**9, mtime + 10**9))
+    after, fresh = extract(tmp_path / "cache"), extract(None)
+    assert not np.allclose(after["encoder"][3], before["encoder"][3])
+    np.testing.assert_array_equal(np.delete(after["encoder"], 3, 0), np.delete(before["encoder"], 3, 0))
+    for name in fresh:
+        np.testing.assert_array_equal(after[name], fresh[name])
+
+
+@pytest.mark.parametrize("damage, problem", [("truncated", r"unreadable \(File is not a zip file\)"),
+                                             ("missing depth", r"lacks 2")])
+def test_damaged_cache_entry_is_named_and_recomputed(ckpt, digits_test, tmp_path, damage, problem):
+    model, info = load_model(ckpt)
+    settings = F.FeatureSettings(split="test", max_samples=40, shard_size=16)
+    first = F.extract_depth_features(model, digits_test, info.sha256, settings, cache=tmp_path, progress=False)
+    merged = F.cache_dir(tmp_path, info.sha256, settings, digits_test.fingerprint) / "features.npz"
+    if damage == "truncated":
+        merged.write_bytes(merged.read_bytes()[:100])
+    else:
+        np.savez(merged, **{k: v for k, v in first.items() if k != "2"})
+    with pytest.warns(UserWarning, match=rf"features\.npz: {problem}; discarded, computing it again"):
+        again = F.extract_depth_features(model, digits_test, info.sha256, settings, cache=tmp_path, progress=False)
+    assert set(again) == set(first)
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name])
+    assert read_finished(merged, first["indices"], first) is not None  # rewritten whole
+
+
+def test_cli_bad_data_file_is_one_line_and_exit_2(ckpt, tmp_path, capsys):
+    bad = tmp_path / "cut.npz"
+    np.savez(bad, np.zeros((10, 16, 16, 3), np.uint8))
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["features", ckpt, "--data", str(bad), "--out", str(tmp_path / "out"), "--no-cache"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{bad}: cannot read npz" in err
