@@ -272,8 +272,8 @@ class FolderScan:
 def scan_image_folder(root: Path, image_size: int) -> FolderScan:
     """List ``root/<class>/**/<image>`` and sort out the files that cannot be used, by reason (SKIP_REASONS).
 
-    Only each file's header and last TAIL_BYTES are read (PIL is lazy), so a million-image tree scans
-    in about a minute; a file cut short passes the header but not the tail. Over PIL's
+    Only each file's header and last TAIL_BYTES are read (PIL is lazy), never its pixels, so a large
+    tree scans quickly; a file cut short passes the header but not the tail. Over PIL's
     decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is "too large": its warning is an error here.
     Odd-sized = short side below ``image_size / MAX_UPSCALE``.
     """

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import struct
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from mimflow_core.atomic import write_json
 from mimflow_core.data import center_crop_arr, load_dataset
 from mimflow_core.errors import MIMFlowError
 
@@ -226,15 +228,21 @@ def test_odd_file_names_scan_load_and_report(tmp_path, capsys):
     for i, name in enumerate(odd):
         _image(tmp_path / "a" / name, seed=10 + i)
     (tmp_path / "a" / os.fsdecode(b"bad\xff\nname.png")).write_bytes(b"junk")
+    odd_class = os.fsdecode(b"cl\xffass\nname")
+    (tmp_path / odd_class).mkdir()
+    _image(tmp_path / odd_class / "x.png")
     with pytest.warns(UserWarning) as caught:
         ds = load_dataset(str(tmp_path), 8, "all")
-    assert sorted(f.name for f in ds.files if f.name not in ("0.png", "1.png")) == sorted(odd)
+    assert sorted(f.name for f in ds.files if f.name not in ("0.png", "1.png", "x.png")) == sorted(odd)
     assert all(ds[i][0].shape == (3, 8, 8) for i in range(len(ds)))
     message = str(caught[0].message)
     assert "\n" not in message and r"bad\udcff\nname.png" in message
     print(message)  # printing it must not raise UnicodeEncodeError
     message.encode("utf-8")
     assert "1 unreadable" in capsys.readouterr().out
+    assert ds.class_names == ["a", "b", odd_class]
+    write_json(tmp_path / "names.json", {"class_names": ds.class_names})  # as the analyses record them
+    assert json.loads((tmp_path / "names.json").read_text())["class_names"] == ds.class_names
 
 
 def test_small_folders_split_unstratified_or_refuse(tmp_path):
