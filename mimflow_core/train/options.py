@@ -6,7 +6,9 @@ No torch here: ``mimflow-lab train`` reads its option defaults from :class:`Trai
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from mimflow_core.config import get_recipe
 from mimflow_core.errors import MIMFlowError
@@ -21,6 +23,20 @@ CHANGEABLE_ON_RESUME = ("steps", "ckpt_every", "log_every", "num_workers", "devi
 INHERITED_BY_PHASE2 = ("preset", "data", "variant", "mask_ratio", "tokens", "sigma", "aux")
 # options whose default is the preset's training recipe (mimflow_core.config.TRAIN_RECIPES)
 FROM_RECIPE = ("lr", "warmup_steps", "flow_weight", "batch_size")
+# the values each numeric option can take (its type comes from the field's annotation): (test, what the message says)
+RANGES = {
+    "phase": (lambda v: v in (1, 2), "equal to 1 or 2"),
+    **dict.fromkeys(("steps", "ae_steps", "batch_size", "tokens", "ckpt_every", "log_every"),
+                    (lambda v: v >= 1, ">= 1")),
+    **dict.fromkeys(("warmup_steps", "flow_warmup_steps", "num_workers", "weight_decay", "sigma", "mim_weight",
+                     "flow_weight", "aux_weight", "perceptual_weight", "gan_weight", "sample_cfg"),
+                    (lambda v: v >= 0, ">= 0")),
+    **dict.fromkeys(("lr", "grad_clip"), (lambda v: v > 0, "> 0")),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "label_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "seed": (lambda v: 0 <= v < 2 ** 63, "in [0, 2**63)"),  # numpy's SeedSequence refuses negative seeds
+}
+NOUNS = {"int": "an integer", "float": "a finite number", "str": "a string", "bool": "true or false"}
 
 
 @dataclass(frozen=True)
@@ -61,19 +77,24 @@ class TrainOptions:
     sample_cfg: float = 1.0
     evaluate: bool = True              # held-out metrics and sample grid at the end (rank 0)
 
+    def __post_init__(self) -> None:
+        """Refuse a value no run can use (``--lr nan``, a zero batch, ...) when the options are made, so a
+        bad command fails before it creates a directory or loads data."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            problem = value_problem(f, value)
+            if problem:
+                raise MIMFlowError(f"{flag(f.name)} {value!r}: must be {problem}"[:300])
+
     def resolved(self) -> "TrainOptions":
         """Fill preset- and variant-dependent defaults and check the combination."""
         if self.variant not in VARIANTS:
             raise MIMFlowError(f"--variant {self.variant!r}: choose one of {', '.join(VARIANTS)}")
-        if self.phase not in (1, 2):
-            raise MIMFlowError(f"--phase {self.phase}: must be 1 or 2")
         if self.phase == 2 and not self.init:
             raise MIMFlowError("--phase 2 needs --init PATH (a phase-1 checkpoint)")
         recipe = get_recipe(self.preset, self.phase)
         opts = dataclasses.replace(self, **{name: getattr(recipe, name) for name in FROM_RECIPE
                                             if getattr(self, name) is None})
-        if opts.steps < 1 or opts.batch_size < 1:
-            raise MIMFlowError("--steps and --batch-size must be positive")
         baseline = opts.variant != "mimflow"
         mask = opts.mask_ratio or ("none" if baseline else "0.4-0.6")
         if baseline and MaskPolicy.parse(mask).kind != "none":
@@ -101,7 +122,7 @@ def merge_options(given: TrainOptions, explicit: set[str], stored: dict, fields:
         if name not in stored:
             continue
         if name in explicit and getattr(given, name) != stored[name]:
-            raise MIMFlowError(f"--{name.replace('_', '-')} {getattr(given, name)}: differs from {what} "
+            raise MIMFlowError(f"{flag(name)} {getattr(given, name)}: differs from {what} "
                                f"({stored[name]}); leave it out")
         taken[name] = stored[name]
     return dataclasses.replace(given, **taken)
@@ -110,3 +131,39 @@ def merge_options(given: TrainOptions, explicit: set[str], stored: dict, fields:
 def explicit_options(opts: TrainOptions) -> set[str]:
     """The options a caller from Python gave: every one that differs from its default."""
     return {f.name for f in dataclasses.fields(TrainOptions) if getattr(opts, f.name) != f.default}
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a TrainOptions field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def is_kind(value: object, kind: str) -> bool:
+    """isinstance for a field annotated ``kind``: an int is a float too, a bool is neither, a float must be finite."""
+    if kind in ("int", "float") and isinstance(value, bool):
+        return False
+    if kind == "float":
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, {"int": int, "str": str, "bool": bool}[kind])
+
+
+def value_problem(f: dataclasses.Field, value: object) -> str | None:
+    """What a value of option ``f`` must be, when ``value`` is not that (None when it is fine)."""
+    kind, optional = f.type.removesuffix(" | None"), f.type.endswith(" | None")
+    if value is None and optional:
+        return None
+    test, values = RANGES.get(f.name, (None, ""))
+    if is_kind(value, kind) and (test is None or test(value)):
+        return None
+    return f"{NOUNS[kind]} {values}".rstrip()
+
+
+def check_stored(stored: object, path: str | Path) -> dict:
+    """A checkpoint's ``train`` record, whose fields a resumed run or phase 2 takes as options: refused with one
+    line naming the file where a field holds what the option could not (the file is data anyone can edit)."""
+    if not isinstance(stored, dict):
+        raise MIMFlowError(f"{path}: its train record is a {type(stored).__name__}, not a dict")
+    for f in dataclasses.fields(TrainOptions):
+        if f.name in stored and (problem := value_problem(f, stored[f.name])):
+            raise MIMFlowError(f"{path}: train.{f.name} is {stored[f.name]!r}, not {problem}"[:300])
+    return stored
