@@ -6,6 +6,8 @@
 - :mod:`.stages`: the stretches of a run that train different modules, and their DDP-wrapped forward pass
 - :mod:`.trainer`: :class:`Trainer` and :func:`train` (one job, or one torchrun process of it)
 - :mod:`.evaluation`, :mod:`.images`, :mod:`.log`: ``eval.json``, the PNG grids, ``log.jsonl``
+- :mod:`.rundir`: the lock that keeps a second run off ``--out``, and the temp files a killed run left there
+- :mod:`.resume`: the checkpoint ``--resume`` continues, its resume state checked before it is used
 
 The names below are loaded on first use, so that ``mimflow_core.train.options``
 (what ``mimflow-lab train`` reads its defaults from) can be imported without torch.

@@ -39,11 +39,17 @@ from mimflow_core.train.evaluation import evaluate_model
 from mimflow_core.train.images import reconstruction_grid, sample_grid, save_image_grid
 from mimflow_core.train.log import JsonlLog
 from mimflow_core.train.masking import MaskPolicy
-from mimflow_core.train.options import INHERITED_BY_PHASE2, TrainOptions, explicit_options, merge_options
+from mimflow_core.train.options import (INHERITED_BY_PHASE2, TrainOptions, check_stored, explicit_options,
+                                        merge_options)
+from mimflow_core.train.resume import load_optimizer, read_resume_checkpoint
+from mimflow_core.train.rundir import claim_run_directory
 from mimflow_core.train.sampler import ResumableSampler, step_generator
 from mimflow_core.train.stages import LatentPass, Stage, plan_stages
 
-CHECKPOINT = "ckpt.pt"
+# what a run writes into --out
+CHECKPOINT, LOG, EVAL = "ckpt.pt", "log.jsonl", "eval.json"
+SAMPLES, RECONSTRUCTIONS = "samples.png", "reconstructions.png"
+OUTPUTS = (CHECKPOINT, LOG, EVAL, SAMPLES, RECONSTRUCTIONS)
 
 
 def load_weights(model: nn.Module, state: dict, path: str | Path, what: str) -> None:
@@ -81,7 +87,8 @@ class Trainer:
             if not opts.init:
                 raise MIMFlowError("--phase 2 needs --init PATH (a phase-1 checkpoint)")
             init_ckpt = load_checkpoint(opts.init)
-            opts = merge_options(opts, explicit, init_ckpt["train"], INHERITED_BY_PHASE2, f"the phase-1 run {opts.init}")
+            phase1_train = check_stored(init_ckpt.setdefault("train", {}), opts.init)
+            opts = merge_options(opts, explicit, phase1_train, INHERITED_BY_PHASE2, f"the phase-1 run {opts.init}")
             if Path(opts.init).resolve().parent == self.out.resolve():
                 raise MIMFlowError(f"--out {self.out}: would overwrite the phase-1 checkpoint {opts.init}; "
                                    "choose another directory")
@@ -132,14 +139,7 @@ class Trainer:
         self.stage: Stage | None = None
         self._resume_state = resume_ckpt
         if resume_ckpt is not None:
-            load_weights(self.model, resume_ckpt["model"], self.ckpt_path, "model")
-            r = resume_ckpt["resume"]
-            self.ema.load_state_dict(resume_ckpt["ema"], r["ema_updates"])
-            self.step, self.epoch, self.batch_in_epoch = int(resume_ckpt["step"]), r["epoch"], r["batch_in_epoch"]
-            self.train_seconds = float(r.get("train_seconds", 0.0))  # absent in checkpoints before 2026-12
-            torch.set_rng_state(r["rng_cpu"])
-            if self.disc is not None:
-                self.disc.load_state_dict(r["disc"])
+            self._load_resume_state(resume_ckpt)
 
     # -- setup ---------------------------------------------------------------------------------
     def _resume_checkpoint(self, resume: bool) -> dict | None:
@@ -149,10 +149,24 @@ class Trainer:
             return None
         if not self.ckpt_path.exists():
             raise MIMFlowError(f"--resume: no checkpoint {self.ckpt_path} to continue")
-        ckpt = load_checkpoint(self.ckpt_path)
-        if "resume" not in ckpt or "mask_ratio" not in ckpt.get("train", {}):
-            raise MIMFlowError(f"{self.ckpt_path}: has no resume state (not written by this trainer)")
-        return ckpt
+        return read_resume_checkpoint(self.ckpt_path)
+
+    def _load_resume_state(self, ckpt: dict) -> None:
+        """Weights, EMA, counters, RNG and discriminator of the checkpoint being resumed (the optimizers are
+        loaded when their stage starts)."""
+        path, r = self.ckpt_path, ckpt["resume"]
+        stages = [s.name for s in self.stages]
+        if r["stage"] not in stages:
+            raise MIMFlowError(f"{path}: resume.stage is {r['stage']!r}, none of this run's stages "
+                               f"({', '.join(stages)})")
+        load_weights(self.model, ckpt["model"], path, "model")
+        check_weights(self.model, ckpt.get("ema"), path, "ema")
+        self.ema.load_state_dict(ckpt["ema"], r["ema_updates"])
+        self.step, self.epoch, self.batch_in_epoch = ckpt["step"], r["epoch"], r["batch_in_epoch"]
+        self.train_seconds = float(r.get("train_seconds", 0.0))
+        torch.set_rng_state(r["rng_cpu"])
+        if self.disc is not None:
+            load_weights(self.disc, r.get("disc"), path, "discriminator")
 
     def _new_config(self, aux_dim: int) -> ModelConfig:
         """The preset with the command line's K, sigma, mask range, variant and the data's classes."""
@@ -182,9 +196,9 @@ class Trainer:
             self.disc_optimizer = adamw(list(self.disc.parameters()), self.opts)
         r = self._resume_state["resume"] if self._resume_state is not None else None
         if r is not None and r["stage"] == stage.name:
-            self.optimizer.load_state_dict(r["optimizer"])
+            load_optimizer(self.optimizer, r["optimizer"], self.ckpt_path, "optimizer")
             if self.disc is not None:
-                self.disc_optimizer.load_state_dict(r["disc_optimizer"])
+                load_optimizer(self.disc_optimizer, r.get("disc_optimizer"), self.ckpt_path, "disc_optimizer")
         self._resume_state = None  # only the stage a run resumes in has saved optimizer state
 
     def _ddp(self, module: nn.Module) -> nn.Module:
@@ -269,7 +283,9 @@ class Trainer:
         """Train to ``opts.steps``, checkpointing; then evaluate on held-out data (rank 0) and return that."""
         opts, procs = self.opts, self.procs
         self._loop_started = time.time()
-        log = JsonlLog(self.out / "log.jsonl", self.step, enabled=procs.is_main)
+        if self.step < opts.steps:  # before the log changes, so that a resumed optimizer state that does not fit fails
+            self._enter_stage(self._current_stage())
+        log = JsonlLog(self.out / LOG, self.step, enabled=procs.is_main)
         if procs.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             log.write(self._describe())
@@ -279,7 +295,7 @@ class Trainer:
         tick = time.time()
         data = self.batches()
         while self.step < opts.steps:
-            stage = next(s for s in self.stages if s.start <= self.step < s.end)
+            stage = self._current_stage()
             if stage is not self.stage:
                 self._enter_stage(stage)
             images, labels = next(data)
@@ -304,6 +320,10 @@ class Trainer:
             result = self.evaluate(self._trained_seconds())
         procs.barrier()
         return result
+
+    def _current_stage(self) -> Stage:
+        """The stage the next step belongs to."""
+        return next(s for s in self.stages if s.start <= self.step < s.end)
 
     def _describe(self) -> dict:
         c, o = self.model.config, self.opts
@@ -343,21 +363,25 @@ class Trainer:
                             channels=model.config.channels)
         metrics = evaluate_model(model, test, self.policy, self.device, seed=self.opts.seed)
         grid = sample_grid(model, self.device, self.opts.sample_cfg, seed=self.opts.seed)
-        save_image_grid(grid, self.out / "samples.png")
+        save_image_grid(grid, self.out / SAMPLES)
         recon = reconstruction_grid(model, test, self.device)
-        save_image_grid(recon, self.out / "reconstructions.png")
+        save_image_grid(recon, self.out / RECONSTRUCTIONS)
         result = {"step": self.step, "phase": self.opts.phase, "variant": self.opts.variant, "weights": "ema",
                   "mask_ratio": self.opts.mask_ratio, "heldout_split": "test", "data": self.opts.data,
-                  **metrics, "sample_grid": "samples.png", "sample_grid_rows": "one class per row",
-                  "sample_cfg": self.opts.sample_cfg, "reconstruction_grid": "reconstructions.png",
+                  **metrics, "sample_grid": SAMPLES, "sample_grid_rows": "one class per row",
+                  "sample_cfg": self.opts.sample_cfg, "reconstruction_grid": RECONSTRUCTIONS,
                   "train_wall_s": train_seconds, "checkpoint": CHECKPOINT}
-        write_json(self.out / "eval.json", result)
+        write_json(self.out / EVAL, result)
         return result
 
 
 
 def train(opts: TrainOptions, resume: bool = False, explicit: set[str] | None = None) -> dict:
-    """Run one training job (under torchrun: one process of it); returns rank 0's evaluation."""
-    with distributed_process(opts.device) as procs:
+    """Run one training job (under torchrun: one process of it); returns rank 0's evaluation.
+
+    Rank 0 holds ``--out``'s lock from before it reads the run being resumed until the job ends, so a
+    second job on the same ``--out`` is refused instead of interleaving its log and checkpoints.
+    """
+    with distributed_process(opts.device) as procs, claim_run_directory(Path(opts.out), OUTPUTS, procs.is_main):
         return Trainer(opts, procs, resume, explicit).run()
 
