@@ -2,7 +2,10 @@
 
 Every long job writes its results through these helpers (temp file in the
 same directory, fsync, ``os.replace``), so a crash or Ctrl-C never leaves a
-truncated checkpoint, shard or JSON behind.
+truncated checkpoint, shard or JSON behind. A write the system refuses (a
+full disk, a read-only directory) removes its temporary file and becomes one
+:class:`MIMFlowError` line naming the file; whatever was at the path before
+is untouched.
 """
 from __future__ import annotations
 
@@ -13,23 +16,39 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO, Iterator
 
+from mimflow_core.errors import MIMFlowError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path``; rename it over ``path`` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(path, e, tmp) from None
         raise
+
+
+def write_error(path: Path, error: OSError, tmp: str | None = None) -> MIMFlowError:
+    """The one line for a file the system would not let us write (ENOSPC, EACCES, EROFS, ...)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename and str(error.filename) not in (str(path), tmp, str(path.parent)):
+        reason += f" on {error.filename}"
+    kept = "its previous contents are intact" if path.exists() else "nothing was written there"
+    return MIMFlowError(f"{path}: cannot write ({reason}); {kept}, and earlier results are unchanged")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str = "wb") -> None:

@@ -82,7 +82,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise MIMFlowError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    _check_fields(ckpt, path)
     return ckpt
+
+
+def _check_fields(ckpt: dict, path: Path) -> None:
+    """The plain fields beside the weights have the types every reader assumes (a file is anyone's data)."""
+    step, phase = ckpt["step"], ckpt["phase"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise MIMFlowError(f"{path}: 'step' must be a non-negative integer, not {step!r:.60}")
+    if phase not in (1, 2) or isinstance(phase, bool):
+        raise MIMFlowError(f"{path}: 'phase' must be 1 or 2, not {phase!r:.60}")
+    for key in ("config", "train", "meta"):
+        if (key == "config" or ckpt.get(key) is not None) and not isinstance(ckpt[key], dict):
+            raise MIMFlowError(f"{path}: '{key}' must be a dict, not {type(ckpt[key]).__name__}")
+    seed = (ckpt.get("train") or {}).get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise MIMFlowError(f"{path}: train.seed must be an integer, not {seed!r:.60}")
 
 
 def _unpickler_reason(error: Exception) -> str:
@@ -120,6 +136,17 @@ def check_weights(model: MIMFlow, state: dict, path: str | Path, what: str) -> N
         raise MIMFlowError(f"{path}: {what} weights do not match the stored config: " + ", ".join(parts))
 
 
+def nonfinite_weights(state: dict) -> str | None:
+    """A one-line description of the NaN/Inf entries of a state dict (a diverged run), or None when all are finite."""
+    bad = [(k, int((~torch.isfinite(v)).sum())) for k, v in state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not bad:
+        return None
+    name, count = bad[0]
+    return (f"{len(bad)} tensor(s) hold NaN or Inf (first: {name}, {count} of {state[name].numel()} values); "
+            "the run diverged before this checkpoint, use an earlier one")
+
+
 @dataclass
 class CheckpointInfo:
     """What a checkpoint says about itself, beside the weights."""
@@ -131,6 +158,7 @@ class CheckpointInfo:
     train: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     weights: str = "ema"
+    nonfinite: str | None = None  # what nonfinite_weights says of the loaded weights (only with allow_nonfinite)
 
     @property
     def variant(self) -> str:
@@ -156,13 +184,15 @@ class CheckpointInfo:
         return h.hexdigest()
 
 
-def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
-               ) -> tuple[MIMFlow, CheckpointInfo]:
+def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu", *,
+               allow_nonfinite: bool = False) -> tuple[MIMFlow, CheckpointInfo]:
     """Load a checkpoint for analysis: ``(model in eval mode, info)``.
 
     ``weights="ema"`` (default) takes the EMA weights when the checkpoint has
     them and the raw weights otherwise (``info.weights`` says which);
-    ``weights="raw"`` always takes the raw training weights.
+    ``weights="raw"`` always takes the raw training weights. Weights holding
+    NaN or Inf are refused (every number computed from them would be NaN, found
+    only after the work), unless ``allow_nonfinite`` (``info`` shows them).
     """
     if weights not in ("ema", "raw"):
         raise MIMFlowError(f"weights must be 'ema' or 'raw', not {weights!r}")
@@ -173,7 +203,12 @@ def load_model(path: str | Path, weights: str = "ema", device: str | torch.devic
     if ckpt.get("ema") is not None:
         check_weights(model, ckpt["ema"], path, "ema")
     used = "ema" if weights == "ema" and ckpt.get("ema") is not None else "raw"
-    model.load_state_dict(ckpt["ema"] if used == "ema" else ckpt["model"])
-    info = CheckpointInfo(path=path, config=model.config, step=int(ckpt["step"]), phase=int(ckpt["phase"]),
-                          train=dict(ckpt.get("train") or {}), meta=dict(ckpt.get("meta") or {}), weights=used)
+    state = ckpt["ema"] if used == "ema" else ckpt["model"]
+    nonfinite = nonfinite_weights(state)
+    if nonfinite and not allow_nonfinite:
+        raise MIMFlowError(f"{path}: {used} weights: {nonfinite}")
+    model.load_state_dict(state)
+    info = CheckpointInfo(path=path, config=model.config, step=ckpt["step"], phase=ckpt["phase"],
+                          train=dict(ckpt.get("train") or {}), meta=dict(ckpt.get("meta") or {}), weights=used,
+                          nonfinite=nonfinite and f"{used} weights: {nonfinite}")
     return model.to(device).eval(), info

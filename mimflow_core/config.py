@@ -6,6 +6,7 @@ it alone, so everything that changes a parameter shape lives here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from mimflow_core.errors import MIMFlowError
@@ -47,26 +48,33 @@ class ModelConfig:
     mlp_ratio: float = 4.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "flow_blocks", tuple(int(n) for n in self.flow_blocks))
-        problems = []
-        if self.image_size % self.patch_size:
-            problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        for name in ("enc", "dec", "flow"):
-            width, heads = getattr(self, f"{name}_width"), getattr(self, f"{name}_heads")
-            if width % heads:
-                problems.append(f"{name}_width {width} is not divisible by {name}_heads {heads}")
-        if not self.flow_blocks or min(self.flow_blocks) < 1:
-            problems.append(f"flow_blocks {self.flow_blocks} must be a non-empty list of positive layer counts")
-        if self.flow_scale not in ("exp", "softplus"):
-            problems.append(f"flow_scale {self.flow_scale!r} must be 'exp' or 'softplus'")
-        if not 0.0 <= self.mask_ratio_min <= self.mask_ratio_max < 1.0:
-            problems.append(f"mask ratio range [{self.mask_ratio_min}, {self.mask_ratio_max}] must lie in [0, 1)")
-        if self.dec_refine_width < 0:
-            problems.append(f"dec_refine_width {self.dec_refine_width} must be >= 0 (0: no refinement)")
-        if min(self.num_tokens, self.latent_dim, self.num_classes) < 1:
-            problems.append("num_tokens, latent_dim and num_classes must be >= 1")
+        problems = _type_problems(self)
+        if problems:  # the range checks below would fail with Python's own errors on a wrong type
+            raise MIMFlowError("invalid model config: " + "; ".join(problems))
+        object.__setattr__(self, "flow_blocks", tuple(self.flow_blocks))
+        problems = _range_problems(self)
+        if not problems and self.approx_parameters() > MAX_PARAMETERS:
+            problems.append(f"it describes a model of about {self.approx_parameters():.2g} parameters, more than "
+                            f"the {MAX_PARAMETERS:.0e} this tool builds (the paper's MIMFlow-L has 6.4e+08)")
         if problems:
             raise MIMFlowError("invalid model config: " + "; ".join(problems))
+
+    def approx_parameters(self) -> float:
+        """The model's parameter count to within a few percent (transformer layers, embeddings, class table):
+        what refuses an absurd config from a file before a single tensor is allocated."""
+        def layers(depth: int, width: int) -> float:
+            return depth * (4 + 2 * self.mlp_ratio) * width * width
+
+        tokens = self.num_patches + self.num_tokens
+        encoder = layers(self.enc_depth, self.enc_width) + tokens * self.enc_width + self.patch_dim * self.enc_width
+        flow = (sum(self.flow_blocks) and layers(sum(self.flow_blocks), self.flow_width)
+                + (self.num_classes + len(self.flow_blocks) * (self.num_tokens + 3 * self.latent_dim))
+                * self.flow_width)
+        decoder = layers(self.dec_depth, self.dec_width) + 2 * tokens * self.dec_width + self.patch_dim * self.dec_width
+        aux = layers(1, self.aux_width) + tokens * self.aux_width if self.aux_dim else 0
+        widths = [self.channels] + [self.disc_width * min(2 ** i, 8) for i in range(self.disc_layers + 1)] + [1]
+        discriminator = sum(16 * a * b for a, b in zip(widths, widths[1:]))
+        return float(encoder + flow + decoder + aux + discriminator)
 
     @property
     def num_patches(self) -> int:
@@ -89,10 +97,70 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
             raise MIMFlowError(f"unknown model config keys: {', '.join(unknown)}")
         return cls(**d)
+
+
+MAX_PARAMETERS = 2e10  # 80 GB of float32 weights, 30x MIMFlow-L
+
+
+def _type_problems(config: ModelConfig) -> list[str]:
+    """Fields whose value is not of the declared type (a checkpoint's config is data anyone could have written)."""
+    problems = []
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), f.type
+        if kind == "tuple[int, ...]":
+            ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+        elif kind == "int":
+            ok = _is_int(value)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, {"bool": bool, "str": str}[kind])
+        if not ok:
+            what = "a list of integers" if kind.startswith("tuple") else "a finite number" if kind == "float" else \
+                f"an {kind}" if kind == "int" else f"a {kind}"
+            problems.append(f"{f.name} must be {what}, not {value!r}"[:200])
+    return problems
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _range_problems(c: ModelConfig) -> list[str]:
+    """Values of the right type that no model can be built from."""
+    problems = []
+    positive = ("image_size", "patch_size", "enc_depth", "enc_width", "enc_heads", "num_tokens", "latent_dim",
+                "flow_width", "flow_heads", "dec_depth", "dec_width", "dec_heads", "aux_width", "num_classes",
+                "disc_width", "disc_layers")
+    problems += [f"{name} {getattr(c, name)} must be >= 1" for name in positive if getattr(c, name) < 1]
+    problems += [f"{name} {getattr(c, name)} must be >= 0" for name in ("aux_dim", "dec_refine_width")
+                 if getattr(c, name) < 0]
+    if problems:
+        return problems  # the checks below divide by these sizes
+    if c.channels not in (1, 3):
+        problems.append(f"channels {c.channels} must be 1 (grey) or 3 (RGB)")
+    if c.image_size % c.patch_size:
+        problems.append(f"image_size {c.image_size} is not a multiple of patch_size {c.patch_size}")
+    for name in ("enc", "dec", "flow"):
+        width, heads = getattr(c, f"{name}_width"), getattr(c, f"{name}_heads")
+        if width % heads:
+            problems.append(f"{name}_width {width} is not divisible by {name}_heads {heads}")
+    if not c.flow_blocks or min(c.flow_blocks) < 1:
+        problems.append(f"flow_blocks {list(c.flow_blocks)} must be a non-empty list of positive layer counts")
+    if c.flow_scale not in ("exp", "softplus"):
+        problems.append(f"flow_scale {c.flow_scale!r} must be 'exp' or 'softplus'")
+    if not 0.0 <= c.mask_ratio_min <= c.mask_ratio_max < 1.0:
+        problems.append(f"mask ratio range [{c.mask_ratio_min}, {c.mask_ratio_max}] must lie in [0, 1)")
+    if c.noise_sigma < 0 or c.mlp_ratio <= 0:
+        problems.append(f"noise_sigma {c.noise_sigma} must be >= 0 and mlp_ratio {c.mlp_ratio} > 0")
+    if c.disc_layers > 30 or c.image_size < 3 * 2 ** c.disc_layers:
+        problems.append(f"disc_layers {c.disc_layers} halves {c.image_size} px images below the discriminator's "
+                        f"3 px minimum (at most {max(0, int(math.log2(max(c.image_size, 1) / 3)))} layers)")
+    return problems
 
 
 PRESETS: dict[str, ModelConfig] = {

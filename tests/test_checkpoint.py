@@ -77,11 +77,61 @@ def bad_files(tmp_path, good):
         "mismatched weights": (_write(tmp_path / "shape.pt", wrong_shape), "do not match the stored config"),
         "bad config": (_write(tmp_path / "cfg.pt", dict(ckpt, config={**ckpt["config"], "patch_size": 5})), "patch_size"),
         "malicious pickle": (_write(tmp_path / "evil.pt", {"format": FORMAT, "payload": _RunsCode()}), "refused to load"),
+        **{f"config {key}={value!r:.20}": (_write(tmp_path / f"cfg-{i}.pt", dict(ckpt, config={**ckpt["config"], key: value})),
+                                          message)
+           for i, (key, value, message) in enumerate(BAD_CONFIGS)},
+        **{f"field {key}={value!r}": (_write(tmp_path / f"field-{i}.pt", dict(ckpt, **{key: value})), message)
+           for i, (key, value, message) in enumerate(BAD_FIELDS)},
+        "NaN weights": (_write(tmp_path / "nan.pt", dict(ckpt, ema=_poisoned(ckpt["ema"], float("nan")))),
+                        "ema weights: 1 tensor(s) hold NaN or Inf (first: decoder.head.bias, 1 of"),
+        "Inf weights": (_write(tmp_path / "inf.pt", dict(ckpt, ema=None, model=_poisoned(ckpt["model"], float("inf")))),
+                        "raw weights: 1 tensor(s) hold NaN or Inf (first: decoder.head.bias"),
     }
+
+
+# (config key, value, what the one line says): zero and negative sizes, wrong types, and sizes so absurd that building
+# the model would exhaust memory, refused before a single tensor is allocated.
+BAD_CONFIGS = [
+    ("patch_size", 0, "patch_size 0 must be >= 1"),
+    ("enc_heads", 0, "enc_heads 0 must be >= 1"),
+    ("image_size", -4, "image_size -4 must be >= 1"),
+    ("image_size", "32", "image_size must be an int, not '32'"),
+    ("num_tokens", 16.0, "num_tokens must be an int, not 16.0"),
+    ("flow_gated_attn", "yes", "flow_gated_attn must be a bool"),
+    ("noise_sigma", float("nan"), "noise_sigma must be a finite number"),
+    ("flow_blocks", "2,2", "flow_blocks must be a list of integers"),
+    ("channels", 4, "channels 4 must be 1 (grey) or 3 (RGB)"),
+    ("enc_depth", 10 ** 9, "parameters, more than the 2e+10"),
+    ("flow_blocks", [2] * 10 ** 5, "parameters, more than the 2e+10"),
+    ("flow_width", 10 ** 9, "parameters, more than the 2e+10"),
+    ("num_classes", 10 ** 9, "parameters, more than the 2e+10"),
+    ("disc_layers", 10 ** 9, "disc_layers 1000000000 halves 32 px images"),
+]
+BAD_FIELDS = [
+    ("step", "1000", "'step' must be a non-negative integer, not '1000'"),
+    ("step", -1, "'step' must be a non-negative integer"),
+    ("phase", 3, "'phase' must be 1 or 2, not 3"),
+    ("config", [1, 2], "'config' must be a dict, not list"),
+    ("train", "digits", "'train' must be a dict, not str"),
+    ("train", {"seed": "zero"}, "train.seed must be an integer, not 'zero'"),
+]
+
+
+def _poisoned(state: dict, value: float) -> dict:
+    bias = state["decoder.head.bias"].clone()
+    bias[0] = value
+    return {**state, "decoder.head.bias": bias}
 
 
 def test_every_bad_file_gives_its_error(tmp_path, saved, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    real_model = MIMFlow
+
+    def no_invalid_model(config):  # an absurd config must be refused from its numbers, not by running out of memory
+        assert not case.startswith("config "), "a model was built from an invalid config"
+        return real_model(config)
+
+    monkeypatch.setattr("mimflow_core.checkpoint.MIMFlow", no_invalid_model)
     for case, (path, message) in bad_files(tmp_path, saved[0]).items():
         with pytest.raises(MIMFlowError) as err:
             load_model(path)
@@ -100,6 +150,21 @@ def test_cli_reports_bad_files_in_one_line_with_exit_code_2(tmp_path, saved):
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in run.stderr, (case, run.stderr)
     assert not (tmp_path / "pwned_marker").exists()
+
+
+def test_info_shows_a_diverged_checkpoint_with_a_warning_and_analyses_refuse_it(tmp_path, saved):
+    path = bad_files(tmp_path, saved[0])["NaN weights"][0]
+    shown = subprocess.run([sys.executable, "-m", "mimflow_lab.cli", "info", str(path), "--json"],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "warning" in shown.stderr and "decoder.head.bias" in shown.stderr
+    import json
+    assert "decoder.head.bias" in json.loads(shown.stdout)["nonfinite"]
+    refused = subprocess.run([sys.executable, "-m", "mimflow_lab.cli", "jacobian", str(path), "--out",
+                              str(tmp_path / "jac"), "--device", "cpu"], capture_output=True, text=True)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert str(path) in lines[0] and "decoder.head.bias" in lines[0] and not (tmp_path / "jac").exists()
 
 
 def test_cli_info_summarises_a_checkpoint(saved):

@@ -16,12 +16,14 @@ def info(checkpoint: str, as_json: bool) -> None:
     from mimflow_core.model import count_parameters
     from mimflow_lab import load_model
 
-    model, meta = load_model(checkpoint)
+    model, meta = load_model(checkpoint, allow_nonfinite=True)  # show a diverged run's config, warn of its weights
+    if meta.nonfinite:
+        click.echo(f"mimflow-lab: warning: {meta.path}: {meta.nonfinite}", err=True)
     params = {name: count_parameters(getattr(model, name)) for name in ("encoder", "flow", "decoder", "aux_head")}
     summary = {
         "path": str(meta.path), "step": meta.step, "phase": meta.phase, "weights": meta.weights,
         "variant": meta.variant, "label": meta.label, "parameters": params, "config": model.config.to_dict(),
-        "train": meta.train, "meta": meta.meta,
+        "train": meta.train, "meta": meta.meta, "nonfinite": meta.nonfinite,
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
