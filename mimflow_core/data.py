@@ -28,10 +28,9 @@ import hashlib
 import math
 import os
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +38,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import MIMFlowError
+from .errors import MIMFlowError, one_line
+from .npz import NpzArrayReader, array_names
 from .splits import canonical_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -54,13 +54,6 @@ MAX_UPSCALE = 4
 TAIL_BYTES = 4096
 END_MARKERS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9", "MPO": b"\xff\xd9"}
 SKIP_REASONS = ("unreadable", "too large", "odd-sized")
-
-
-def one_line(text: object) -> str:
-    """``text`` as one printable line, escaped where it is not: a file name may hold a newline (two lines)
-    or bytes that are not UTF-8 (lone surrogates, whose printing raises UnicodeEncodeError)."""
-    text = str(text)
-    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _fingerprint(parts: Sequence[bytes]) -> str:
@@ -373,10 +366,6 @@ def _folder(root: Path, image_size: int, split: str, flip: bool, seed: int, stri
 
 
 # ---------------------------------------------------------------------------- npz
-NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-# A zip member's uncompressed size is a number in the file, as easy to forge as a .npy header; what is on
-# disk bounds it: np.savez stores members (1:1) or deflates them (at most about 1032:1).
-MAX_EXPANSION = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: 1032}
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a label of 10**12 would make a name for every class below it
 
 
@@ -404,36 +393,19 @@ def _npz(path: Path, image_size: int, split: str, flip: bool, seed: int) -> Tens
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``arr_0`` and ``arr_1`` (None when absent) of an ADM npz, never allocating what a header merely claims."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            members = z.namelist()
-            if "arr_0.npy" not in members:
-                raise MIMFlowError(one_line(f"{path}: no arr_0 (expected ADM npz: arr_0 uint8 NHWC, labels in arr_1)"))
-            images = _npz_array(path, z, "arr_0", _images_problem)
-            labels = _npz_array(path, z, "arr_1", _labels_problem) if "arr_1.npy" in members else None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise MIMFlowError(one_line(f"{path}: cannot read npz ({e})")) from None
-    return images, labels
+    names = array_names(path)
+    if "arr_0" not in names:
+        raise MIMFlowError(one_line(f"{path}: no arr_0 (expected ADM npz: arr_0 uint8 NHWC, labels in arr_1)"))
+    images = _npz_array(path, "arr_0", _images_problem)
+    return images, _npz_array(path, "arr_1", _labels_problem) if "arr_1" in names else None
 
 
-def _npz_array(path: Path, z: zipfile.ZipFile, name: str, problem) -> np.ndarray:
-    """One member, read only once its header passes ``problem(shape, dtype)`` and fits the bytes on disk."""
-    info = z.getinfo(f"{name}.npy")
-    with z.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version not in NPY_HEADERS:
-            raise MIMFlowError(one_line(f"{path}: {name} uses .npy format {version}; save it with np.savez"))
-        shape, _, dtype = NPY_HEADERS[version](f)
-        if (wrong := problem(shape, dtype)) is not None:
+def _npz_array(path: Path, name: str, problem: Callable[[tuple[int, ...], np.dtype], str | None]) -> np.ndarray:
+    """One member, read only once its header passes ``problem(shape, dtype)`` (the reader checks the bytes)."""
+    with NpzArrayReader(path, name) as reader:
+        if (wrong := problem(reader.shape, reader.dtype)) is not None:
             raise MIMFlowError(one_line(f"{path}: {wrong}"))
-        declared = math.prod(shape) * dtype.itemsize
-        on_disk = min(info.compress_size, path.stat().st_size) * MAX_EXPANSION.get(info.compress_type, 1)
-        room = min(info.file_size, on_disk) - f.tell()
-        if declared > room:
-            raise MIMFlowError(one_line(f"{path}: {name} claims shape {shape} of {dtype} ({declared} bytes), "
-                                        f"but the file holds at most {max(room, 0)} bytes of it"))
-    with z.open(info) as f:
-        return np.lib.format.read_array(f, allow_pickle=False)
+        return reader.read_all()
 
 
 def _images_problem(shape: tuple[int, ...], dtype: np.dtype) -> str | None:

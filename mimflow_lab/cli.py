@@ -59,7 +59,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
-    from mimflow_core.errors import MIMFlowError
+    from mimflow_core.errors import MIMFlowError, one_line
 
     try:
         cli.main(args=argv, prog_name="mimflow-lab", standalone_mode=False)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(2)
     except MIMFlowError as e:
-        click.echo(f"mimflow-lab: error: {e}", err=True)
+        click.echo(f"mimflow-lab: error: {one_line(e)}", err=True)
         sys.exit(2)
 
 

@@ -47,11 +47,12 @@ from torch import nn
 
 from mimflow_core.atomic import write_json
 from mimflow_core.config import ModelConfig
-from mimflow_core.data import one_line
+from mimflow_core.errors import one_line
 from mimflow_core.distributed import current_process, dist_info
 from mimflow_core.errors import MIMFlowError
 from mimflow_lab.defaults import CACHE_ROOT
-from mimflow_lab.metrics.npz import NpzArrayReader, write_npz
+from mimflow_core.npz import NpzArrayReader
+from mimflow_lab.metrics.npz import write_npz
 from mimflow_lab.shards import ShardPlan, merge_shards, read_finished, run_shards
 
 if TYPE_CHECKING:

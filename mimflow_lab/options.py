@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from mimflow_core.errors import one_line
 from mimflow_core.splits import ALIASES, SPLITS
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -162,4 +163,4 @@ def warnings_as_lines() -> Iterator[None]:
             yield
         finally:
             for w in caught:
-                click.echo(f"mimflow-lab: warning: {w.message}", err=True)
+                click.echo(f"mimflow-lab: warning: {one_line(w.message)}", err=True)

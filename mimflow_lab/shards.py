@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from mimflow_core.data import one_line
+from mimflow_core.errors import one_line
 from mimflow_core.distributed import Process
 from mimflow_core.errors import MIMFlowError
 from mimflow_lab.metrics.npz import write_npz

@@ -296,11 +296,11 @@ def _bad_npz(tmp_path, case):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("truncated", r"cannot read npz \(File is not a zip file\)"),
-    ("huge", r"arr_0 claims shape \(1000000000000, 32, 32, 3\) of uint8 \(3072000000000000 bytes\), "
-             r"but the file holds at most 1000 bytes of it"),
-    ("forged", r"arr_0 claims shape \(1000000, 32, 32, 3\) .* at most 1000 bytes"),
-    ("objects", r"arr_0 must be uint8 \(N, H, W, 3 or 1\), got object \(3,\)"),
+    ("truncated", r"not an npz file, or a truncated one"),
+    ("huge", r"arr_0 declares shape \(1000000000000, 32, 32, 3\) of uint8 \(3072000000000000 bytes\) "
+             r"but holds 1000 bytes; the file is truncated or corrupt"),
+    ("forged", r"arr_0 declares shape \(1000000, 32, 32, 3\) .* but holds \d+ bytes"),
+    ("objects", r"arr_0 holds Python objects"),
     ("string labels", r"arr_1 must hold integer class labels, got <U3 \(10,\)"),
     ("float labels", r"arr_1 must hold integer class labels, got float64 \(10,\)"),
     ("huge label", r"arr_1 labels must lie in 0\.\.99999, got 1000000000000\.\.1000000000000"),

@@ -253,4 +253,4 @@ def test_cli_bad_data_file_is_one_line_and_exit_2(ckpt, tmp_path, capsys):
         main(["features", ckpt, "--data", str(bad), "--out", str(tmp_path / "out"), "--no-cache"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert f"{bad}: cannot read npz" in err
+    assert f"{bad}: not an npz file, or a truncated one" in err

@@ -113,6 +113,69 @@ def _bad_latents(root):
     return ["--latents", str(root / "nan.npz")]
 
 
+def _latents_file(root, case):
+    """A latents file broken in one way: each must be refused before any work, naming the file."""
+    path = root / f"{case}.npz"
+    good = dict(z=np.zeros((2, K, D)), y=np.array([0, 1]))
+    if case == "truncated":
+        np.savez(path, **good)
+        path.write_bytes(path.read_bytes()[:300])
+    elif case == "huge":  # a header that declares 10^12 latents over a few bytes: refused before allocating
+        import io
+        import zipfile
+        member = io.BytesIO()
+        np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False,
+                                                      "shape": (10 ** 12, K, D)})
+        member.write(b"\0" * 64)
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("z.npy", member.getvalue())
+    else:
+        z = {"strings": np.full((2, K, D), "a"), "empty": np.zeros((0, K, D)), "inf": np.full((2, K, D), np.inf),
+             "objects": np.array([None, 1], dtype=object)}.get(case, good["z"])
+        y = np.array([0.5, 1.5]) if case == "float-labels" else good["y"]
+        np.savez(path, z=z, y=y, allow_pickle=True) if case == "objects" else np.savez(path, z=z, y=y)
+    return ["--latents", str(path)]
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("truncated", "truncated"), ("huge", "declares shape (1000000000000, 8, 8)"),
+    ("strings", "'z' must be a non-empty array of numbers, got <U1"), ("empty", "'z' must be a non-empty array"),
+    ("inf", "2 latent(s) contain NaN or Inf"), ("objects", "holds Python objects"),
+    ("float-labels", "'y' must be a non-empty array of integer labels, got float64"),
+])
+def test_a_bad_latents_file_is_one_line_and_writes_nothing(run, tmp_path, capsys, case, needle):
+    a = run[1]
+    args = _latents_file(tmp_path, case)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["jacobian", str(a), *args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert needle in err and args[1] in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", ['{"abc": {"0": [{"sigma', '[1, 2]', '{"abc": {"0": [{"index": 0}]}}', "\x00\xff"])
+def test_a_corrupt_partial_result_is_named_and_discarded(tmp_path, content):
+    from mimflow_lab.jacobian.analysis import read_partial
+
+    path = tmp_path / "jacobian.partial.json"
+    path.write_text(content, errors="surrogateescape")
+    with pytest.warns(UserWarning, match="jacobian.partial.json: unreadable partial results, discarded"):
+        assert read_partial(path) == {}
+
+
+def test_a_torn_partial_result_is_recomputed_to_the_same_numbers(run, tmp_path):
+    root, a, b, _, result = run
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "jacobian.partial.json").write_text('{"abc": {"0": [{"sigma')
+    with pytest.warns(UserWarning, match="discarded"):
+        main(["jacobian", str(a), "--compare", str(b), "--samples", "6", "--batch-size", "4", "--out", str(out)])
+    again = json.loads((out / "jacobian.json").read_text())
+    assert [m["summary"] for m in again["models"]] == [m["summary"] for m in result["models"]]
+    assert not (out / "jacobian.partial.json").exists()
+
+
 def _flowless(root, a):
     ckpt = torch.load(a, weights_only=True)
     ckpt["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("flow.")}

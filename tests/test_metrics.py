@@ -13,7 +13,8 @@ from torch_fidelity.metric_prc import calculate_precision_recall_part
 
 from mimflow_core.errors import MIMFlowError
 from mimflow_lab.metrics import frechet_distance, gaussian_stats, inception_score, manifold_radii, precision_recall
-from mimflow_lab.metrics.npz import NpzArrayReader, open_images, read_reference_stats, write_npz
+from mimflow_core.npz import NpzArrayReader
+from mimflow_lab.metrics.npz import open_images, read_reference_stats, write_npz
 
 
 def correlated_features(n: int, dim: int, seed: int, shift: float = 0.0) -> np.ndarray:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from mimflow_core.atomic import atomic_write, write_json
 from mimflow_core.errors import MIMFlowError
+from mimflow_core.npz import load_npz
 
 from .certificates import certify
 from .estimators import METHODS, estimate
@@ -134,18 +136,20 @@ def sample_latents(model, n: int, batch: int, seed: int, unconditional: bool) ->
 
 def load_latents(path: str | os.PathLike) -> dict[str, Tensor]:
     """``z`` (N, K, D), ``y`` (N,) and, when present, ``z_compare``, ``z_compare2``, ... from a ``latents.npz``."""
-    try:
-        with np.load(path) as f:
-            arrays = {k: torch.from_numpy(np.asarray(f[k])) for k in f.files}
-    except (OSError, ValueError) as e:
-        raise MIMFlowError(f"{path}: cannot read latents ({e})") from None
+    arrays = load_npz(path)
     if "z" not in arrays:
         raise MIMFlowError(f"{path}: no array 'z' (expected z (N, K, D) and y (N,))")
-    z = arrays["z"].to(torch.float64)
-    y = arrays.get("y", torch.full((z.shape[0],), -1)).to(torch.long)
+    for key, kinds in [("z", "fiu"), *((k, "fiu") for k in arrays if k.startswith("z_compare")), ("y", "iu")]:
+        value = arrays.get(key)
+        if value is not None and (value.dtype.kind not in kinds or value.ndim == 0 or len(value) == 0):
+            what = "integer labels" if key == "y" else "numbers"
+            raise MIMFlowError(f"{path}: '{key}' must be a non-empty array of {what}, got {value.dtype} "
+                               f"of shape {value.shape}")
+    z = torch.from_numpy(arrays["z"]).to(torch.float64)
+    y = torch.from_numpy(arrays["y"]).to(torch.long) if "y" in arrays else torch.full((z.shape[0],), -1)
     out = {"z": z, "y": y}
     for key in (k for k in arrays if k.startswith("z_compare")):
-        out[key] = arrays[key].to(torch.float64)
+        out[key] = torch.from_numpy(arrays[key]).to(torch.float64)
     return out
 
 
@@ -257,6 +261,31 @@ def latents_key(m: int) -> str:
     return "z" if m == 0 else "z_compare" if m == 1 else f"z_compare{m}"
 
 
+# what every per-sample record holds (sample_records), so a resumed batch is summarised like a fresh one
+RECORD_KEYS = {"index", "label", "sigma_max", "sigma_min", "kappa", "log10_kappa", "ok", "converged", "checks",
+               "products"}
+
+
+def read_partial(path: Path) -> dict[str, dict[str, list[dict]]]:
+    """The finished batches of an interrupted run, ``{fingerprint: {first index: records}}``; a file that does not
+    parse as that (a torn or edited write) is named in a warning and discarded, so the batches are recomputed."""
+    if not path.exists():
+        return {}
+    try:
+        partial = json.loads(path.read_text())
+        valid = isinstance(partial, dict) and all(
+            isinstance(batches, dict) and all(k.isdigit() and isinstance(recs, list)
+                                              and all(isinstance(r, dict) and RECORD_KEYS <= r.keys() for r in recs)
+                                              for k, recs in batches.items())
+            for batches in partial.values())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        valid = False
+    if valid:
+        return partial
+    warnings.warn(f"{path}: unreadable partial results, discarded; their batches are computed again", stacklevel=2)
+    return {}
+
+
 def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Settings,
                  latents_file: str | None = None, weights: str = "ema", device: str = "auto") -> dict:
     """The ``mimflow-lab jacobian`` command: analyse checkpoints on the same points, write JSON, latents, figure.
@@ -271,11 +300,10 @@ def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Setti
     from .plot import plot_jacobian
 
     check_settings(settings)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # created by the first write, once the inputs have passed their checks
     given = load_latents(latents_file) if latents_file else None
     partial_path = out / "jacobian.partial.json"
-    partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
+    partial = read_partial(partial_path)
     models, latents = [], {}
     data = DataLatents(settings)
     for m, ckpt in enumerate(checkpoints):

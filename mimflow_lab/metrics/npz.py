@@ -9,77 +9,21 @@ write it) and written the same way.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
 from mimflow_core.atomic import atomic_open
 from mimflow_core.errors import MIMFlowError
+from mimflow_core.npz import NpzArrayReader, load_npz
 
 from .inception import POOL_DIM, SPATIAL_DIM
 
 STATS_SHAPES = {"mu": (POOL_DIM,), "sigma": (POOL_DIM, POOL_DIM), "mu_s": (SPATIAL_DIM,),
                 "sigma_s": (SPATIAL_DIM, SPATIAL_DIM)}
-
-
-class NpzArrayReader:
-    """One array of an npz file, read in row batches without loading it whole."""
-
-    def __init__(self, path: str | os.PathLike, name: str = "arr_0"):
-        self.path, self.name = Path(path), name
-        if not self.path.is_file():
-            raise MIMFlowError(f"{self.path}: no such file")
-        if not zipfile.is_zipfile(self.path):
-            raise MIMFlowError(f"{self.path}: not an npz file (expected np.savez output with arr_0)")
-        self._zip = zipfile.ZipFile(self.path)
-        member = f"{name}.npy"
-        if member not in self._zip.namelist():
-            keys = sorted(n.removesuffix(".npy") for n in self._zip.namelist())
-            self.close()
-            raise MIMFlowError(f"{self.path}: no '{name}' array (has {keys}); ADM batches store images as arr_0")
-        self._file = self._zip.open(member)
-        version = np.lib.format.read_magic(self._file)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-        if version not in read_header:
-            self.close()
-            raise MIMFlowError(f"{self.path}: {name} uses .npy format {version}, which cannot be streamed")
-        self.shape, fortran_order, self.dtype = read_header[version](self._file)
-        if fortran_order or self.dtype.hasobject:
-            self.close()
-            raise MIMFlowError(f"{self.path}: {name} is Fortran-ordered or holds objects; save it with np.savez")
-        self._rows_read = 0
-
-    def __len__(self) -> int:
-        return self.shape[0] if self.shape else 0
-
-    def read(self, rows: int) -> np.ndarray:
-        """The next ``rows`` rows (fewer at the end; empty when exhausted)."""
-        rows = min(rows, len(self) - self._rows_read)
-        row_shape = self.shape[1:]
-        batch = np.empty((rows, *row_shape), dtype=self.dtype)
-        if self._file.readinto(memoryview(batch).cast("B")) != batch.nbytes:
-            raise MIMFlowError(f"{self.path}: {self.name} is truncated at row {self._rows_read}")
-        self._rows_read += rows
-        return batch
-
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        while self._rows_read < len(self):
-            yield self.read(batch_size)
-
-    def close(self) -> None:
-        with contextlib.suppress(AttributeError):
-            self._file.close()
-        self._zip.close()
-
-    def __enter__(self) -> "NpzArrayReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def open_images(path: str | os.PathLike) -> NpzArrayReader:
@@ -109,9 +53,8 @@ def open_images(path: str | os.PathLike) -> NpzArrayReader:
 
 
 def read_array(path: str | os.PathLike, name: str) -> np.ndarray | None:
-    """A small array (labels, statistics) from an npz, or None when absent."""
-    with np.load(path, allow_pickle=False) as npz:
-        return npz[name] if name in npz.files else None
+    """A small array (labels, statistics) from an npz, validated like the images; None when absent."""
+    return load_npz(path, [name]).get(name)
 
 
 def read_reference_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
