@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from mimflow_core.errors import MIMFlowError
+from mimflow_core.validate import is_kind
 
 
 @dataclass(frozen=True)
@@ -106,28 +107,15 @@ class ModelConfig:
 MAX_PARAMETERS = 2e10  # 80 GB of float32 weights, 30x MIMFlow-L
 
 
+# what a config's one-line refusal says each annotation must be
+NOUNS = {"tuple[int, ...]": "a list of integers", "int": "an int", "float": "a finite number", "bool": "a bool",
+         "str": "a str"}
+
+
 def _type_problems(config: ModelConfig) -> list[str]:
     """Fields whose value is not of the declared type (a checkpoint's config is data anyone could have written)."""
-    problems = []
-    for f in dataclasses.fields(config):
-        value, kind = getattr(config, f.name), f.type
-        if kind == "tuple[int, ...]":
-            ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
-        elif kind == "int":
-            ok = _is_int(value)
-        elif kind == "float":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        else:
-            ok = isinstance(value, {"bool": bool, "str": str}[kind])
-        if not ok:
-            what = "a list of integers" if kind.startswith("tuple") else "a finite number" if kind == "float" else \
-                f"an {kind}" if kind == "int" else f"a {kind}"
-            problems.append(f"{f.name} must be {what}, not {value!r}"[:200])
-    return problems
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return [f"{f.name} must be {NOUNS[f.type]}, not {getattr(config, f.name)!r}"[:200]
+            for f in dataclasses.fields(config) if not is_kind(getattr(config, f.name), f.type)]
 
 
 def _range_problems(c: ModelConfig) -> list[str]:

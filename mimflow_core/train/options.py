@@ -6,13 +6,13 @@ No torch here: ``mimflow-lab train`` reads its option defaults from :class:`Trai
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from mimflow_core.config import get_recipe
 from mimflow_core.errors import MIMFlowError
 from mimflow_core.train.masking import MaskPolicy
+from mimflow_core.validate import is_kind
 
 VARIANTS = ("mimflow", "starflow", "e2e-nomask")
 CPU_PRESETS = ("tiny", "digits", "small")  # no LPIPS weights offline: perceptual loss defaults to 0
@@ -136,15 +136,6 @@ def explicit_options(opts: TrainOptions) -> set[str]:
 def flag(name: str) -> str:
     """The command-line spelling of a TrainOptions field: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
-
-
-def is_kind(value: object, kind: str) -> bool:
-    """isinstance for a field annotated ``kind``: an int is a float too, a bool is neither, a float must be finite."""
-    if kind in ("int", "float") and isinstance(value, bool):
-        return False
-    if kind == "float":
-        return isinstance(value, (int, float)) and math.isfinite(value)
-    return isinstance(value, {"int": int, "str": str, "bool": bool}[kind])
 
 
 def value_problem(f: dataclasses.Field, value: object) -> str | None:

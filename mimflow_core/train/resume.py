@@ -14,7 +14,8 @@ import torch
 
 from mimflow_core.checkpoint import load_checkpoint
 from mimflow_core.errors import MIMFlowError
-from mimflow_core.train.options import check_stored, is_kind
+from mimflow_core.train.options import check_stored
+from mimflow_core.validate import is_kind
 
 COUNTERS = ("ema_updates", "epoch", "batch_in_epoch")  # resume-state integers >= 0
 
