@@ -10,6 +10,7 @@ is untouched.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -18,6 +19,19 @@ from typing import Any, Callable, IO, Iterator
 
 from mimflow_core.errors import MIMFlowError
 
+TEMP_SUFFIX = ".tmp"  # a temp file is .<name>.<random>.tmp beside <name>: hidden, and never mistaken for <name>
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def temp_files(path: str | os.PathLike) -> list[Path]:
+    """The temp siblings :func:`atomic_open` makes for ``path``, sorted: what a writer killed mid-write left there
+    (only a caller that knows no write of ``path`` is under way may delete them)."""
+    path = Path(path)
+    return sorted(path.parent.glob(glob.escape(_temp_prefix(path)) + "*" + TEMP_SUFFIX))
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
@@ -25,7 +39,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as e:
         raise write_error(path, e) from None
     try:

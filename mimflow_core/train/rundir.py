@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import os
 import socket
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from mimflow_core.atomic import temp_files
 from mimflow_core.errors import MIMFlowError
 
 LOCK = ".train.lock"
@@ -63,9 +63,9 @@ def _lock(out: Path) -> int:
 
 
 def remove_stale_temps(out: Path, outputs: Iterable[str]) -> None:
-    """Delete the temp files (``.<name>.<random>.tmp``, as :func:`~mimflow_core.atomic.atomic_open` names them)
-    that a run killed mid-write left beside ``outputs``; call it only while holding the lock."""
-    stale = sorted(p for name in outputs for p in out.glob(f".{glob.escape(name)}.*.tmp"))
+    """Delete the temp files (:func:`~mimflow_core.atomic.temp_files`) that a run killed mid-write left beside
+    ``outputs``; call it only while holding the lock."""
+    stale = [p for name in outputs for p in temp_files(out / name)]
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
