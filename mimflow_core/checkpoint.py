@@ -60,21 +60,7 @@ def _cpu_state(state: dict) -> dict:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a checkpoint dict; never unpickles anything but plain data and tensors."""
     path = Path(path)
-    if not path.is_file():
-        raise MIMFlowError(f"{path}: no such checkpoint file")
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if head.startswith(b"PK"):
-            raise MIMFlowError(f"{path}: checkpoint is truncated or corrupt (incomplete zip archive)")
-        raise MIMFlowError(f"{path}: not a PyTorch checkpoint (expected a zip archive written by torch.save)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise MIMFlowError(f"{path}: refused to load: it contains objects other than tensors and plain data, "
-                           f"which could run code ({_unpickler_reason(e)})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise MIMFlowError(f"{path}: checkpoint is truncated or corrupt ({str(e).splitlines()[0][:160]})") from None
+    ckpt = load_plain(path, "checkpoint")
     if not isinstance(ckpt, dict) or "format" not in ckpt:
         raise MIMFlowError(f"{path}: not a mimflow-lab checkpoint (no 'format' key)")
     if ckpt["format"] != FORMAT:
@@ -84,6 +70,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise MIMFlowError(f"{path}: checkpoint lacks {', '.join(missing)}")
     _check_fields(ckpt, path)
     return ckpt
+
+
+def load_plain(path: Path, what: str) -> Any:
+    """What ``torch.save`` wrote to ``path``, if it is tensors and plain data only; one line naming the file
+    otherwise (absent, not a zip archive, truncated, or holding objects whose unpickling could run code)."""
+    if not path.is_file():
+        raise MIMFlowError(f"{path}: no such {what} file")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):
+            raise MIMFlowError(f"{path}: {what} is truncated or corrupt (incomplete zip archive)")
+        raise MIMFlowError(f"{path}: not a PyTorch {what} (expected a zip archive written by torch.save)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise MIMFlowError(f"{path}: refused to load: it contains objects other than tensors and plain data, "
+                           f"which could run code ({_unpickler_reason(e)})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise MIMFlowError(f"{path}: {what} is truncated or corrupt ({str(e).splitlines()[0][:160]})") from None
 
 
 def _check_fields(ckpt: dict, path: Path) -> None:
@@ -177,11 +183,16 @@ class CheckpointInfo:
     @functools.cached_property
     def sha256(self) -> str:
         """Hash of the file's bytes: the cache key of everything computed from this checkpoint."""
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return file_sha256(self.path)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read 4 MiB at a time (checkpoints and weights are gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu", *,

@@ -15,6 +15,7 @@ from torch import nn
 from mimflow_core.config import ModelConfig
 from mimflow_core.decoder import AuxHead, Decoder
 from mimflow_core.encoder import EncoderOutput, MaskedEncoder
+from mimflow_core.errors import MIMFlowError
 from mimflow_core.flow import LatentFlow
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -74,6 +75,7 @@ class MIMFlow(nn.Module):
         ``noise`` (B, K, D) fixes the Gaussian input, so a caller can give
         sample i the same noise however the work is split across processes.
         """
+        check_guidance(cfg)
         if noise is None:
             shape = (labels.shape[0], self.config.num_tokens, self.config.latent_dim)
             noise = torch.randn(shape, generator=generator,
@@ -81,6 +83,20 @@ class MIMFlow(nn.Module):
         dtype = next(self.parameters()).dtype
         z = self.flow.reverse(noise.to(device=labels.device, dtype=dtype), labels, cfg)
         return self.decode(z)
+
+
+def guidance_problem(cfg: float) -> str | None:
+    """What is wrong with a guidance scale outside [0, inf), else None: p + (s - 1)(p_cond - p_uncond) is the
+    unconditional prediction at 0, none at 1 and stronger class guidance above; below 0 it pushes samples away
+    from their class, and NaN or Inf make every sample NaN."""
+    if isinstance(cfg, (int, float)) and math.isfinite(cfg) and cfg >= 0:
+        return None
+    return "not a guidance scale; use s >= 0 (0: unconditional, 1: no guidance, > 1: stronger class guidance)"
+
+
+def check_guidance(cfg: float) -> None:
+    if problem := guidance_problem(cfg):
+        raise MIMFlowError(f"cfg {cfg}: {problem}")
 
 
 def count_parameters(module: nn.Module | None) -> int:

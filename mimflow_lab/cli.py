@@ -3,8 +3,9 @@
 Subcommands live in ``mimflow_lab/commands/`` and import torch only when
 they run, so ``mimflow-lab --help`` answers without importing it. Errors a
 user can cause (:class:`~mimflow_core.errors.MIMFlowError`, a bad option)
-print one line and exit with code 2. The options the commands share are
-spelled once, in :mod:`mimflow_lab.options`.
+print one line and exit with code 2, and every warning is one line when it
+happens. The options the commands share are spelled once, in
+:mod:`mimflow_lab.options`.
 """
 from __future__ import annotations
 
@@ -60,9 +61,11 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     from mimflow_core.errors import MIMFlowError, one_line
+    from mimflow_lab.options import warnings_as_lines
 
     try:
-        cli.main(args=argv, prog_name="mimflow-lab", standalone_mode=False)
+        with warnings_as_lines():
+            cli.main(args=argv, prog_name="mimflow-lab", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("mimflow-lab: aborted", err=True)
         sys.exit(130)

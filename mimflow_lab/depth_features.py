@@ -72,22 +72,24 @@ def depth_names(config: ModelConfig, layers: bool = False) -> list[str]:
     return ["encoder", "latent", *blocks[:-1], *inner, blocks[-1]]
 
 
-def parse_depths(spec: str | Sequence[str], config: ModelConfig, layers: bool = False) -> list[str]:
+def parse_depths(spec: str | Sequence[str], config: ModelConfig, layers: bool = False,
+                 option: str = "--depths") -> list[str]:
     """Turn ``"all"`` or ``"encoder,latent,0,3"`` into depth names, refusing unknown ones.
 
     ``all`` means encoder, latent and every block (and every deep-block layer
-    when ``layers``); ``block:N`` is accepted as an alias of ``N``.
+    when ``layers``); ``block:N`` is accepted as an alias of ``N``. Errors name ``option``, the flag the
+    user typed (``umap`` asks with ``--what``).
     """
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
-        raise MIMFlowError("--depths: empty; use 'all' or names like encoder,latent,0")
+        raise MIMFlowError(f"{option}: empty; use 'all' or names like encoder,latent,0")
     valid = depth_names(config, layers=True)
     names: list[str] = []
     for item in items:
         expanded = depth_names(config, layers) if item == "all" else [item.removeprefix("block:")]
         for name in expanded:
             if name not in valid:
-                raise MIMFlowError(f"--depths: unknown depth {item!r}; valid: all, {', '.join(valid)}")
+                raise MIMFlowError(f"{option}: unknown depth {item!r}; valid: all, {', '.join(valid)}")
             if name not in names:
                 names.append(name)
     order = {n: i for i, n in enumerate(valid)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,12 @@ import torch
 from mimflow_core.atomic import write_json
 from mimflow_core.distributed import distributed_process
 from mimflow_core.errors import MIMFlowError
+from mimflow_core.model import check_guidance
+from mimflow_core.npz import NpzArrayReader
 from mimflow_lab.metrics import adm_metrics, load_inception
 from mimflow_lab.metrics.cache import reference_features
 from mimflow_lab.metrics.inception import FIDInception, WeightsSource
-from mimflow_lab.metrics.npz import open_images, read_reference_stats, write_npz
+from mimflow_lab.metrics.npz import open_images, read_reference_stats, size_mismatch, write_npz
 from mimflow_lab.sampling import (Producer, balanced_labels, features_of, generation_producer,
                                   reconstruction_producer)
 from mimflow_lab.shards import ShardPlan, merge_shards, run_shards, shard_batches
@@ -60,11 +63,17 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
     """
     from mimflow_lab import load_model
 
+    check_guidance(cfg)
     if reference is not None:
-        open_images(reference).close()  # a bad reference fails before any sampling
+        with open_images(reference) as reader:  # a bad reference fails before any sampling
+            reference_size = reader.shape[1:3]
     out_dir = Path(out)
     with distributed_process(device) as process:
         model, info = load_model(checkpoint, weights=weights, device=process.device)
+        if reference is not None and process.is_main and (
+                warning := size_mismatch(reference, reference_size, f"{checkpoint}'s output",
+                                         (model.config.image_size,) * 2)):
+            warnings.warn(warning, stacklevel=2)
         inception, source = load_inception(inception_path, device=process.device)
         if samples is None:
             samples = default_samples(info.train)
@@ -80,10 +89,11 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
                "cfg": None if rfid else cfg, "seed": None if rfid else seed, "rfid_data": rfid,
                "split": split if rfid else None, "reference": reference, "inception_weights": str(source.path),
                "keep_images": save_npz is not None}
-        _check_same_run(out_dir / "run.json", run)
+        plan = ShardPlan(total, batch, out_dir / "shards", keys=shard_keys(run, inception))
+        _check_same_run(out_dir / "run.json", run, plan, process.is_main)
+        process.barrier()  # no rank looks at the shards before rank 0 has judged them
         if process.is_main:
             write_json(out_dir / "run.json", run)
-        plan = ShardPlan(total, batch, out_dir / "shards")
         started = time.time()
         run_shards(plan, _producer(model, inception, dataset, run, process.device), process)
         process.barrier()
@@ -105,11 +115,30 @@ def _producer(model: torch.nn.Module, inception: FIDInception, dataset, run: dic
     return generation_producer(model, inception, labels, run["cfg"], run["seed"], device, run["keep_images"])
 
 
-def _check_same_run(path: Path, run: dict) -> None:
-    """Refuse to resume from shards that another configuration wrote."""
+def shard_keys(run: dict, inception: FIDInception) -> frozenset[str]:
+    """The arrays every shard of ``run`` holds besides its indices (a shard lacking one is damaged)."""
+    features = {"pool", "spatial"} | ({"logits"} if inception.fc is not None else set())
+    keys = {"labels", *features}
+    if run["mode"] == "reconstruction" and run["reference"] is None:
+        keys |= {f"real_{k}" for k in features}
+    return frozenset(keys | ({"images"} if run["keep_images"] else set()))
+
+
+def _check_same_run(path: Path, run: dict, plan: ShardPlan, is_main: bool) -> None:
+    """Refuse to resume from shards that another configuration wrote. A ``run.json`` that does not parse (a torn
+    or edited file) cannot say what its shards are: it is named in a warning and they are discarded."""
     if not path.is_file():
         return
-    previous = json.loads(path.read_text())
+    try:
+        previous = json.loads(path.read_text())
+        if not isinstance(previous, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        if is_main:
+            warnings.warn(f"{path}: unreadable ({str(e).splitlines()[0][:80]}); the shards beside it cannot be "
+                          "matched to a run and are discarded", stacklevel=3)
+            plan.remove()
+        return
     changed = [f"{k} {previous.get(k)!r} -> {v!r}" for k, v in run.items() if previous.get(k) != v]
     if changed:
         raise MIMFlowError(f"{path}: shards here come from another run ({'; '.join(changed)}); "
@@ -129,8 +158,8 @@ def _merge_and_score(plan: ShardPlan, reference: str | None, inception: FIDIncep
     metrics = adm_metrics(ref_features, samples, source, reference_stats, device)
     metrics["reference"] = str(reference) if reference else f"{plan.total} dataset images (originals)"
     if save_npz:
-        with np.load(plan.path(0)) as first:
-            shape = (plan.total, *first["images"].shape[1:])
+        with NpzArrayReader(plan.path(0), "images") as first:
+            shape = (plan.total, *first.shape[1:])
         write_npz(save_npz, {"arr_1": merged["labels"]},
                   streamed={"arr_0": (shape, np.uint8, shard_batches(plan, "images"))})
         metrics["samples_npz"] = str(save_npz)

@@ -79,6 +79,28 @@ def parse_mask_ratios(values: tuple[str, ...] | list[str] | str) -> list[float]:
     return list(dict.fromkeys(ratios))
 
 
+class GuidanceScale(click.ParamType):
+    """A classifier-free guidance scale, checked as the sampler checks it (so the run fails before it starts)."""
+
+    name = "scale"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from mimflow_core.model import guidance_problem
+
+        try:
+            scale = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if problem := guidance_problem(scale):
+            self.fail(f"{value}: {problem}", param, ctx)
+        return scale
+
+
+def guidance(name: str, default: float | None, help: str) -> Decorator:
+    return click.option(name, type=GuidanceScale(), default=default, show_default=default is not None,
+                        help=f"{help} s >= 0: 0 unconditional, 1 no guidance, > 1 stronger class guidance.")
+
+
 def batch_size(default: int, help: str) -> Decorator:
     return click.option("--batch-size", type=click.IntRange(min=1), default=default, show_default=True, help=help)
 
@@ -156,11 +178,12 @@ def inception() -> Decorator:
 
 @contextlib.contextmanager
 def warnings_as_lines() -> Iterator[None]:
-    """Show each Python warning (e.g. "FID is unreliable") as one plain line on stderr."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            for w in caught:
-                click.echo(f"mimflow-lab: warning: {one_line(w.message)}", err=True)
+    """Show each Python warning (e.g. "FID is unreliable") as one plain line on stderr, when it happens (a run
+    may last hours; a warning about its input belongs at its start). The CLI runs every command inside it."""
+
+    def show(message: Warning | str, *_args: Any, **_kwargs: Any) -> None:
+        click.echo(f"mimflow-lab: warning: {one_line(message)}", err=True)
+
+    with warnings.catch_warnings():  # the filters stay as they are: a warning raised in a loop shows once
+        warnings.showwarning = show
+        yield

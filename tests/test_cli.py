@@ -99,6 +99,11 @@ def test_every_option_the_readme_shows_exists_in_help():
     (["probe", "--mask-ratio", "1.5"], "[0, 1)"),
     (["fid", "--split", "validation"], "'validation' is not one of"),
     (["nosuch"], "No such command"),
+    (["fid", "x.pt", "--cfg", "-1"], "-1: not a guidance scale; use s >= 0"),
+    (["fid", "x.pt", "--cfg", "nan"], "nan: not a guidance scale"),
+    (["evaluate", "a.npz", "b.npz", "--batch-size", "0"], "0 is not in the range x>=1"),
+    (["ref-stats", "digits", "--batch-size", "0"], "0 is not in the range x>=1"),
+    (["ref-stats", "digits", "--size", "0"], "0 is not in the range x>=1"),
 ])
 def test_usage_errors_are_one_line_exit_2(argv, needle):
     run = subprocess.run([sys.executable, "-m", "mimflow_lab.cli", *argv], capture_output=True, text=True)

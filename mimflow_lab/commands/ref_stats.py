@@ -32,9 +32,7 @@ def ref_stats(source: str, out: Path, size: int | None, split: str, limit: int |
     from mimflow_core.distributed import resolve_device
     from mimflow_lab.metrics.reference import build_reference
 
-    with options.warnings_as_lines():
-        summary = build_reference(source, out, size=size, split=split, limit=limit, seed=seed,
-                                  inception_path=inception_path, batch_size=batch_size,
-                                  device=resolve_device(device))
+    summary = build_reference(source, out, size=size, split=split, limit=limit, seed=seed,
+                              inception_path=inception_path, batch_size=batch_size, device=resolve_device(device))
     click.echo(f"wrote {out}: {summary['num_images']} images {summary['image_shape']}, "
                f"weights {summary['inception_weights']}")

