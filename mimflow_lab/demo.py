@@ -28,7 +28,7 @@ from typing import Callable
 import click
 import numpy as np
 
-from mimflow_core.atomic import atomic_write, write_json
+from mimflow_core.atomic import atomic_write, write_error, write_json
 from mimflow_core.errors import MIMFlowError
 
 # The digits recipe (README "The digits recipe"): the `digits` preset (the tiny preset's 64 patches of 4 px, with
@@ -381,9 +381,13 @@ def run_stages(stages: list[Stage], out: Path, jobs: int, threads: int) -> dict[
                 click.echo(f"{tag}: done", err=True)
                 continue
             log = stage.log(out)
-            log.parent.mkdir(parents=True, exist_ok=True)
             click.echo(f"{tag}: {stage.command}", err=True)
-            with open(log, "w") as f:
+            try:
+                log.parent.mkdir(parents=True, exist_ok=True)
+                f = open(log, "w")
+            except OSError as e:  # a full disk or a read-only --out: one line, the finished stages are intact
+                raise write_error(log, e) from None
+            with f:
                 proc = subprocess.Popen([sys.executable, "-m", "mimflow_lab.cli", *stage.args], stdout=f,
                                         stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
             running[stage.name] = (proc, t0, log)

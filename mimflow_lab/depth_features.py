@@ -345,6 +345,5 @@ def export_features(checkpoint: str | os.PathLike, out: str | os.PathLike, *, de
     arrays["depths"] = np.array(names)
     arrays["class_names"] = np.array(parts[0][2])
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_npz(out, arrays)
     return out

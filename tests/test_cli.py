@@ -108,3 +108,26 @@ def test_every_option_the_readme_shows_exists_in_help():
 def test_usage_errors_are_one_line_exit_2(argv, needle):
     run = subprocess.run([sys.executable, "-m", "mimflow_lab.cli", *argv], capture_output=True, text=True)
     assert run.returncode == 2 and needle in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["fid", "--rfid", "digits", "--samples", "2"], ["jacobian"], ["features"], ["probe"], ["umap", "--no-cache"],
+])
+def test_every_analysis_refuses_diverged_weights_naming_the_tensor_before_any_work(tmp_path, capsys, argv):
+    import torch
+
+    from mimflow_core.checkpoint import save_checkpoint
+    from mimflow_core.config import get_preset
+    from mimflow_core.model import MIMFlow
+    from mimflow_lab.cli import main
+
+    model = MIMFlow(get_preset("tiny", enc_depth=1, dec_depth=1, flow_blocks=(1, 1)))
+    with torch.no_grad():
+        model.flow.blocks[0].proj_out.weight[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "nan.pt", model, step=5)
+    with pytest.raises(SystemExit) as exit_info:
+        main([argv[0], str(tmp_path / "nan.pt"), *argv[1:], "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert "nan.pt: raw weights: 1 tensor(s) hold NaN or Inf (first: flow.blocks.0.proj_out.weight" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -115,6 +115,21 @@ def test_ref_stats_caches_the_reference_features_that_fid_and_evaluate_reuse(bat
         reference_features(ref, NoNetwork(), weights)
 
 
+def test_a_damaged_reference_cache_entry_is_named_and_computed_again(batches, tmp_path):
+    from mimflow_lab.metrics import load_inception
+    from mimflow_lab.metrics.cache import _entry, reference_features
+
+    inception, weights = load_inception(None)
+    ref = batches / "ref.npz"
+    first = reference_features(ref, inception, weights, batch_size=4)
+    entry, _ = _entry(ref, weights)
+    entry.write_bytes(entry.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match=f"{entry.name}: .*cached reference features are discarded"):
+        again = reference_features(ref, inception, weights, batch_size=4)
+    np.testing.assert_array_equal(again.pool, first.pool)
+    assert reference_features(ref, None, weights).pool.shape == first.pool.shape  # rewritten whole: no network
+
+
 @pytest.mark.parametrize("content, message", [
     ({"images": np.zeros((4, 8, 8, 3), np.uint8)}, "no 'arr_0' array"),
     ({"arr_0": np.zeros((4, 8, 8, 3), np.float32)}, "dtype float32"),

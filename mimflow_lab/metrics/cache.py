@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from mimflow_core.errors import MIMFlowError
+from mimflow_core.npz import load_npz
 
 from .inception_features import Features, npz_features
 from .inception import FIDInception, WeightsSource
@@ -39,10 +43,24 @@ def reference_features(reference: str | os.PathLike, inception: FIDInception, we
                        batch_size: int = 64) -> Features:
     """The features of ``reference``'s images: from the cache when it holds this file, else computed and stored."""
     path, key = _entry(reference, weights)
-    if path.is_file():
-        with np.load(path) as data:
-            if str(data["key"]) == key:
-                return Features.from_arrays({k: data[k] for k in data.files if k != "key"})
+    if path.is_file() and (cached := _read_entry(path, key)) is not None:
+        return cached
     features = npz_features(inception, reference, batch_size, desc="reference")
     store_reference_features(reference, weights, features)
     return features
+
+
+def _read_entry(path: Path, key: str) -> Features | None:
+    """The features an entry holds for ``key``; None for another file's entry or, with a warning naming it, a
+    damaged one (it is computed again and overwritten)."""
+    try:
+        data = load_npz(path)
+    except MIMFlowError as e:
+        warnings.warn(f"{e}; the cached reference features are discarded and computed again", stacklevel=3)
+        return None
+    if "key" in data and str(data["key"]) != key:
+        return None
+    if not {"key", "pool", "spatial"} <= data.keys() or len(data["pool"]) != len(data["spatial"]):
+        warnings.warn(f"{path}: incomplete cached reference features, discarded and computed again", stacklevel=3)
+        return None
+    return Features.from_arrays({k: v for k, v in data.items() if k != "key"})

@@ -86,7 +86,6 @@ def umap_compare(panels: Sequence[str], *, what: str = "latent", samples: int = 
 def write_umap_results(result: dict, arrays: dict[str, np.ndarray], out: str | os.PathLike) -> dict[str, str]:
     """umap.npz (coordinates, labels), umap.json (metrics) and Figure 4 (umap.png/.pdf) under ``out``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with atomic_open(out / result["embedding_file"], "wb") as f:
         np.savez(f, **arrays)
     write_json(out / "umap.json", result)
