@@ -194,3 +194,20 @@ def test_missing_weights_file_exits_2(tmp_path, capsys):
         main(["evaluate", str(tmp_path / "good.npz"), str(tmp_path / "good.npz"), "--inception",
               str(tmp_path / "missing.pth")])
     assert exit_info.value.code == 2 and "--inception" in capsys.readouterr().err
+
+
+def test_an_out_that_cannot_be_written_is_one_line_naming_the_file(batches, tmp_path, monkeypatch, capsys):
+    """A read-only --out (faked: the tests may run as root, whom permissions do not stop)."""
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(batches / "ref.npz"), str(batches / "samples.npz"), "--batch-size", "8",
+              "--out", str(tmp_path / "out")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert exit_info.value.code == 2 and len(errors) == 1
+    assert f"{tmp_path / 'out' / 'metrics.json'}: cannot write (Read-only file system)" in errors[0]

@@ -46,7 +46,10 @@ def reference_features(reference: str | os.PathLike, inception: FIDInception, we
     if path.is_file() and (cached := _read_entry(path, key)) is not None:
         return cached
     features = npz_features(inception, reference, batch_size, desc="reference")
-    store_reference_features(reference, weights, features)
+    try:
+        store_reference_features(reference, weights, features)
+    except MIMFlowError as e:  # a cache is a saving, not a result: a full or read-only cache only costs time
+        warnings.warn(f"{e}; the reference features are not cached", stacklevel=2)
     return features
 
 
