@@ -1,5 +1,6 @@
 """train on bad input and bad luck: a second run on one --out, a torn log, stale temp files, nonsense numbers,
-a full disk, a read-only --out, a damaged resume state. Each fails with one line, or heals, and keeps earlier files."""
+a full disk, a read-only --out, a damaged resume state, a resume past its --steps, a run that diverges. Each fails
+with one line, or heals (saying so in one line as it happens), and keeps earlier files."""
 from __future__ import annotations
 
 import errno
@@ -11,13 +12,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from mimflow_core.checkpoint import load_checkpoint
+from mimflow_core.atomic import atomic_open, temp_files
+from mimflow_core.checkpoint import load_checkpoint, nonfinite_weights
+from mimflow_core.ema import EMA
 from mimflow_core.errors import MIMFlowError
+from mimflow_core.losses import TrainingLoss
 from mimflow_core.train import TrainOptions, train
 from mimflow_core.train.log import JsonlLog, read_records
 from mimflow_core.train.rundir import LOCK, claim_run_directory
@@ -134,6 +139,17 @@ def test_a_new_run_removes_the_temp_file_of_a_first_checkpoint_it_never_finished
     with pytest.warns(UserWarning, match=r"removed 1 temp file\(s\) a stopped run left: \.ckpt\.pt\.zz91\.tmp"):
         train(_opts(out, steps=1))
     assert sorted(p.name for p in out.iterdir()) == [LOCK, "ckpt.pt", "log.jsonl"]
+
+
+def test_temp_files_are_exactly_the_temp_siblings_atomic_open_makes(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    (tmp_path / ".ckpt.pt2.x1.tmp").write_text("another file's")
+    (tmp_path / ".log.jsonl.x2.tmp").write_text("another file's")
+    with atomic_open(target) as f:
+        f.write(b"new")
+        (writing,) = temp_files(target)
+        assert writing.name.startswith(".ckpt.pt.") and writing.read_bytes() == b""  # not flushed yet
+    assert temp_files(target) == [] and target.read_bytes() == b"new"
 
 
 def test_a_damaged_line_before_the_last_is_one_line_naming_it(tmp_path):
@@ -307,3 +323,112 @@ def test_phase2_refuses_an_init_checkpoint_whose_train_record_has_a_string_for_a
     err = _cli_error(capsys, "--out", str(tmp_path / "gan"), "--phase", "2", "--init", str(tmp_path / "p1.pt"),
                      "--steps", "1", "--no-eval")
     assert f"{tmp_path / 'p1.pt'}: train.tokens is '16', not an integer >= 1" in err
+
+
+def test_a_resume_whose_steps_end_before_the_checkpoint_is_refused(short_run, tmp_path, capsys):
+    out = _copy(short_run, tmp_path / "run")
+    before = (out / "ckpt.pt").read_bytes(), (out / "log.jsonl").read_bytes()
+    err = _cli_error(capsys, "--out", str(out), "--resume", "--steps", "1")
+    assert f"{out / 'ckpt.pt'}: is at step 2 already; --steps 1 would train nothing; give --steps > 2 " \
+           "(or --steps 2 to evaluate it again)" in err
+    assert ((out / "ckpt.pt").read_bytes(), (out / "log.jsonl").read_bytes()) == before
+
+
+# -- a run that diverges -----------------------------------------------------------------------------------
+def _diverge_at(monkeypatch, step: int, seen: dict | None = None, out: Path | None = None) -> None:
+    """The training loss (and its rec_l2 term) is NaN at the ``step``-th step, as a diverged run's: its gradient
+    makes the weights NaN too. ``seen["ckpt"]`` is what ``out/ckpt.pt`` held just before."""
+    real, calls = TrainingLoss.__call__, []
+
+    def diverging(self, *args, **kwargs):
+        total, logs = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) != step:
+            return total, logs
+        if seen is not None and (out / "ckpt.pt").exists():
+            seen["ckpt"] = (out / "ckpt.pt").read_bytes()
+        return total * math.nan, {**logs, "rec_l2": math.nan}
+
+    monkeypatch.setattr(TrainingLoss, "__call__", diverging)
+
+
+@pytest.mark.parametrize("step, left", [
+    (3, "the last checkpoint {ckpt} (step 2) is kept; lower --lr and train again in a new --out "
+        "(--resume would repeat the same steps)"),
+    (1, "no checkpoint was written; lower --lr and train again"),
+])
+def test_a_loss_that_becomes_nan_stops_the_run_at_that_step_and_keeps_the_last_checkpoint(
+        tmp_path, capsys, monkeypatch, step, left):
+    out, seen = tmp_path / "run", {}
+    _diverge_at(monkeypatch, step, seen, out)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(out), "--steps", "6", "--ckpt-every", "2", "--log-every", "1",
+              "--batch-size", "8", "--no-eval"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    line = (f"mimflow-lab: error: step {step}: grad_norm, loss, rec_l2 became NaN or Inf (the run diverged); "
+            f"stopped without saving: {left.format(ckpt=out / 'ckpt.pt')}")
+    assert err.endswith(f"\n{line}\n"), err  # after the progress bar's last line, on a line of its own
+    logged = [r["step"] for _, r in read_records(out / "log.jsonl") if "loss" in r]
+    assert logged == list(range(1, step))  # the diverged step is not logged
+    assert not temp_files(out / "ckpt.pt")
+    if step == 1:
+        assert not (out / "ckpt.pt").exists()
+        return
+    assert (out / "ckpt.pt").read_bytes() == seen["ckpt"]  # byte for byte the step-2 checkpoint
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["step"] == 2 and nonfinite_weights(ckpt["model"]) is None and nonfinite_weights(ckpt["ema"]) is None
+
+
+def test_weights_that_became_nan_with_a_finite_loss_are_never_saved(tmp_path, monkeypatch):
+    out, real_update, updates = tmp_path / "run", EMA.update, []
+
+    def update(self, model):
+        real_update(self, model)
+        updates.append(1)
+        if len(updates) == 3:  # the EMA alone goes bad at step 3; every logged term stays finite
+            next(v for v in self.shadow.values() if v.is_floating_point()).fill_(math.inf)
+
+    monkeypatch.setattr(EMA, "update", update)
+    with pytest.raises(MIMFlowError) as error:
+        train(_opts(out, steps=6, batch_size=8))
+    assert str(error.value).startswith("step 4: ema weights: 1 tensor(s) hold NaN or Inf (first: ")
+    assert str(error.value).endswith(f"stopped without saving: the last checkpoint {out / 'ckpt.pt'} (step 2) is "
+                                     "kept; lower --lr and train again in a new --out (--resume would repeat the "
+                                     "same steps)")
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 2
+
+
+def test_under_torchrun_a_term_that_only_one_rank_sees_diverge_stops_every_rank_at_that_step(tmp_path):
+    """Rank 1 alone logs a NaN term (its loss and so every gradient stay finite): both ranks must stop at step 3
+    with the one line, neither waiting in a collective for the other."""
+    script = tmp_path / "diverge_on_rank_1.py"
+    script.write_text(textwrap.dedent("""
+        import math, os, sys
+        from mimflow_core.losses import TrainingLoss
+        from mimflow_lab.cli import main
+
+        real, calls = TrainingLoss.__call__, []
+
+        def diverging(self, *args, **kwargs):
+            total, logs = real(self, *args, **kwargs)
+            calls.append(1)
+            if len(calls) == 3 and os.environ["RANK"] == "1":
+                logs = {**logs, "bpd": math.nan}
+            return total, logs
+
+        TrainingLoss.__call__ = diverging
+        main(sys.argv[1:])
+    """))
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         "train", "--out", str(out), "--steps", "6", "--ckpt-every", "2", "--batch-size", "8", "--no-eval",
+         "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode != 0
+    line = (f"mimflow-lab: error: step 3: bpd became NaN or Inf (the run diverged); stopped without saving: the last "
+            f"checkpoint {out / 'ckpt.pt'} (step 2) is kept")
+    assert proc.stderr.count(line) == 2, proc.stderr[-3000:]  # one line from each rank
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mimflow_core.atomic import write_json
-from mimflow_core.checkpoint import check_weights, load_checkpoint, save_checkpoint
+from mimflow_core.checkpoint import check_weights, load_checkpoint, nonfinite_weights, save_checkpoint
 from mimflow_core.config import ModelConfig, get_preset
 from mimflow_core.data import load_dataset
 from mimflow_core.discriminator import PatchDiscriminator
@@ -79,7 +80,7 @@ class Trainer:
             explicit = explicit_options(opts)
         self.procs, self.out = procs, Path(opts.out)
         self.ckpt_path = self.out / CHECKPOINT
-        resume_ckpt = self._resume_checkpoint(resume)
+        resume_ckpt = self._resume_checkpoint(resume, opts.steps)
         init_ckpt = None
         if resume_ckpt is not None:
             opts = merge_options(opts, explicit, resume_ckpt["train"], None, f"the run in {self.out}")
@@ -137,19 +138,27 @@ class Trainer:
                            "world_size": procs.world, "aux_names": aux_targets.names if aux_targets else [],
                            "phase1": init_ckpt["train"] if init_ckpt is not None else None}
         self.stage: Stage | None = None
+        self.saved_step: int | None = None  # the step of the checkpoint in --out (None: none written yet)
         self._resume_state = resume_ckpt
         if resume_ckpt is not None:
             self._load_resume_state(resume_ckpt)
 
     # -- setup ---------------------------------------------------------------------------------
-    def _resume_checkpoint(self, resume: bool) -> dict | None:
+    def _resume_checkpoint(self, resume: bool, steps: int) -> dict | None:
+        """The checkpoint a ``--resume`` continues, refused when ``--steps`` ends before it: such a run would
+        train nothing, and evaluate a model of more steps than the user asked for. ``--steps`` equal to its
+        step evaluates it again (what the demo reruns when it was stopped during the evaluation)."""
         if not resume:
             if self.ckpt_path.exists():
                 raise MIMFlowError(f"{self.ckpt_path}: exists; pass --resume to continue it or choose another --out")
             return None
         if not self.ckpt_path.exists():
             raise MIMFlowError(f"--resume: no checkpoint {self.ckpt_path} to continue")
-        return read_resume_checkpoint(self.ckpt_path)
+        ckpt = read_resume_checkpoint(self.ckpt_path)
+        if ckpt["step"] > steps:
+            raise MIMFlowError(f"{self.ckpt_path}: is at step {ckpt['step']} already; --steps {steps} would train "
+                               f"nothing; give --steps > {ckpt['step']} (or --steps {ckpt['step']} to evaluate it again)")
+        return ckpt
 
     def _load_resume_state(self, ckpt: dict) -> None:
         """Weights, EMA, counters, RNG and discriminator of the checkpoint being resumed (the optimizers are
@@ -163,6 +172,7 @@ class Trainer:
         check_weights(self.model, ckpt.get("ema"), path, "ema")
         self.ema.load_state_dict(ckpt["ema"], r["ema_updates"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], r["epoch"], r["batch_in_epoch"]
+        self.saved_step = ckpt["step"]
         self.train_seconds = float(r.get("train_seconds", 0.0))
         torch.set_rng_state(r["rng_cpu"])
         if self.disc is not None:
@@ -289,8 +299,20 @@ class Trainer:
         if procs.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             log.write(self._describe())
-        bar = tqdm(total=opts.steps, initial=self.step, disable=not procs.is_main, desc=f"phase {opts.phase}",
-                   dynamic_ncols=True)
+        # closed (its line ended) when a step fails too, so that the error has a line of its own
+        with tqdm(total=opts.steps, initial=self.step, disable=not procs.is_main, desc=f"phase {opts.phase}",
+                  dynamic_ncols=True) as bar:
+            self._train_loop(log, bar)
+        result = {}
+        if procs.is_main and opts.evaluate:
+            result = self.evaluate(self._trained_seconds())
+        procs.barrier()
+        return result
+
+    def _train_loop(self, log: JsonlLog, bar: tqdm) -> None:
+        """The steps up to ``opts.steps``: log every ``log_every`` (the mean over the window, all ranks), save every
+        ``ckpt_every`` and at the end."""
+        opts, procs = self.opts, self.procs
         window: list[dict] = []
         tick = time.time()
         data = self.batches()
@@ -302,6 +324,7 @@ class Trainer:
             logs = self.train_step(images, labels)
             self.step += 1
             self.batch_in_epoch += 1
+            self._stop_if_diverged(logs)
             window.append(logs)
             bar.update(1)
             if self.step % opts.log_every == 0 or self.step == opts.steps:
@@ -314,12 +337,35 @@ class Trainer:
                 window, tick = [], time.time()
             if self.step % opts.ckpt_every == 0 or self.step == opts.steps:
                 self.save()
-        bar.close()
-        result = {}
-        if procs.is_main and opts.evaluate:
-            result = self.evaluate(self._trained_seconds())
-        procs.barrier()
-        return result
+
+    def _stop_if_diverged(self, logs: dict[str, float]) -> None:
+        """Stop at the first step whose loss, or any term logged with it, is NaN or Inf: every later step and
+        checkpoint would only spread it. The terms are floats already (``train_step`` reads them with
+        ``.item()``), so the test costs no device sync; under torchrun one all-reduce of the flags makes every
+        rank stop at the same step, so that none waits in the next step's gradient all-reduce."""
+        flags = self.procs.mean({name: float(not math.isfinite(value)) for name, value in logs.items()})
+        bad = sorted(name for name, flag in flags.items() if flag > 0)
+        if bad:
+            raise self._divergence(f"{', '.join(bad)} became NaN or Inf (the run diverged)")
+
+    def _refuse_nonfinite_weights(self) -> None:
+        """The last guard before a checkpoint replaces a good one: weights holding NaN or Inf are never saved.
+        Every rank holds the same weights (DDP), so every rank tests them and all stop together."""
+        states = {"model": self.model.state_dict(), "ema": self.ema.state_dict()}
+        if self.disc is not None:
+            states["discriminator"] = self.disc.state_dict()
+        for name, state in states.items():
+            if problem := nonfinite_weights(state):
+                raise self._divergence(f"{name} weights: {problem}")
+
+    def _divergence(self, what: str) -> MIMFlowError:
+        """The one line a diverged run stops with: the step, what diverged, what is left in --out, what to do."""
+        if self.saved_step is None:
+            left = "no checkpoint was written; lower --lr and train again"
+        else:  # a resumed run repeats the draws and the data of the steps it continues, and --lr is fixed
+            left = (f"the last checkpoint {self.ckpt_path} (step {self.saved_step}) is kept; lower --lr and train "
+                    "again in a new --out (--resume would repeat the same steps)")
+        return MIMFlowError(f"step {self.step}: {what}; stopped without saving: {left}")
 
     def _current_stage(self) -> Stage:
         """The stage the next step belongs to."""
@@ -343,16 +389,22 @@ class Trainer:
         return self.train_seconds + running
 
     def save(self) -> None:
-        """Checkpoint atomically (rank 0); resume state holds only tensors and plain types."""
-        if not self.procs.is_main:
-            return
+        """Checkpoint atomically (rank 0), unless the weights hold NaN or Inf. Every rank counts the step saved,
+        since every rank names the kept checkpoint when it stops."""
+        self._refuse_nonfinite_weights()
+        if self.procs.is_main:
+            save_checkpoint(self.ckpt_path, self.model, ema_state=self.ema.state_dict(), step=self.step,
+                            phase=self.opts.phase, train=self.train_info, resume=self._resume_entry())
+        self.saved_step = self.step
+
+    def _resume_entry(self) -> dict:
+        """What ``--resume`` needs beyond the weights, as tensors and plain types only."""
         resume = {"optimizer": self.optimizer.state_dict(), "stage": self.stage.name,
                   "ema_updates": self.ema.num_updates, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                   "rng_cpu": torch.get_rng_state(), "train_seconds": self._trained_seconds()}
         if self.disc is not None:
             resume.update(disc=self.disc.state_dict(), disc_optimizer=self.disc_optimizer.state_dict())
-        save_checkpoint(self.ckpt_path, self.model, ema_state=self.ema.state_dict(), step=self.step,
-                        phase=self.opts.phase, train=self.train_info, resume=resume)
+        return resume
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, train_seconds: float) -> dict:
