@@ -24,6 +24,7 @@ from mimflow_core.ema import EMA
 from mimflow_core.errors import MIMFlowError
 from mimflow_core.losses import TrainingLoss
 from mimflow_core.train import TrainOptions, train
+from mimflow_core.train.trainer import Trainer
 from mimflow_core.train.log import JsonlLog, read_records
 from mimflow_core.train.rundir import LOCK, claim_run_directory
 from mimflow_lab.cli import main
@@ -150,6 +151,23 @@ def test_temp_files_are_exactly_the_temp_siblings_atomic_open_makes(tmp_path):
         (writing,) = temp_files(target)
         assert writing.name.startswith(".ckpt.pt.") and writing.read_bytes() == b""  # not flushed yet
     assert temp_files(target) == [] and target.read_bytes() == b"new"
+
+
+def test_the_train_command_shows_each_warning_as_one_line_when_it_happens(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".ckpt.pt.zz91.tmp").write_bytes(b"PK\x03\x04")
+    real_run, seen_at_start = Trainer.run, []
+
+    def run(self):
+        seen_at_start.append(capsys.readouterr().err)  # what stderr held before the first step
+        return real_run(self)
+
+    monkeypatch.setattr(Trainer, "run", run)
+    main(["train", "--out", str(out), "--steps", "1", "--no-eval"])
+    assert f"mimflow-lab: warning: {out}: removed 1 temp file(s) a stopped run left: .ckpt.pt.zz91.tmp\n" \
+        in seen_at_start[0]
+    assert "UserWarning" not in seen_at_start[0]  # not Python's two-line form
 
 
 def test_a_damaged_line_before_the_last_is_one_line_naming_it(tmp_path):
