@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
-from typing import Callable, TextIO
+from typing import Callable
 
 import click
 from click.core import ParameterSource
 
 from mimflow_core.config import PRESETS, TRAIN_RECIPES, get_recipe
-from mimflow_core.errors import one_line
 from mimflow_core.train.options import CPU_PRESETS, PAPER_PERCEPTUAL_WEIGHT, VARIANTS, TrainOptions
 from mimflow_lab.options import command
 
@@ -116,16 +114,6 @@ def train(resume: bool, **kwargs) -> None:
 
     ctx = click.get_current_context()
     explicit = {name for name in kwargs if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
-    with warnings.catch_warnings():  # restores Python's own display when the command ends
-        warnings.showwarning = show_warning
-        result = run_training(TrainOptions(**kwargs), resume=resume, explicit=explicit)
+    result = run_training(TrainOptions(**kwargs), resume=resume, explicit=explicit)
     if result:
         click.echo(json.dumps(result, indent=2))
-
-
-def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                 file: TextIO | None = None, line: str | None = None) -> None:
-    """``warnings.showwarning`` for a training run: each warning (a torn log line dropped, stale temp files
-    removed, images skipped) as one line on stderr when it happens, since a run may last hours; not Python's
-    two lines with the source line that raised it."""
-    click.echo(f"mimflow-lab: warning: {one_line(message)}", err=True)
