@@ -155,9 +155,10 @@ class Trainer:
         if not self.ckpt_path.exists():
             raise MIMFlowError(f"--resume: no checkpoint {self.ckpt_path} to continue")
         ckpt = read_resume_checkpoint(self.ckpt_path)
-        if ckpt["step"] > steps:
-            raise MIMFlowError(f"{self.ckpt_path}: is at step {ckpt['step']} already; --steps {steps} would train "
-                               f"nothing; give --steps > {ckpt['step']} (or --steps {ckpt['step']} to evaluate it again)")
+        saved = ckpt["step"]
+        if saved > steps:
+            raise MIMFlowError(f"{self.ckpt_path}: is at step {saved} already; --steps {steps} would train nothing; "
+                               f"give --steps > {saved} (or --steps {saved} to evaluate it again)")
         return ckpt
 
     def _load_resume_state(self, ckpt: dict) -> None:
