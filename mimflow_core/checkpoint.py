@@ -137,6 +137,9 @@ def check_weights(model: MIMFlow, state: dict, path: str | Path, what: str) -> N
         "wrong shape": sorted(k for k in own.keys() & state.keys()
                               if not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape),
     }
+    # loading casts silently, so integer or complex numbers where floats belong would be truncated into the model
+    problems["wrong dtype"] = sorted(k for k in own.keys() & state.keys() if k not in problems["wrong shape"]
+                                     and state[k].is_floating_point() != own[k].is_floating_point())
     parts = [f"{len(keys)} {name} (e.g. {keys[0]})" for name, keys in problems.items() if keys]
     if parts:
         raise MIMFlowError(f"{path}: {what} weights do not match the stored config: " + ", ".join(parts))

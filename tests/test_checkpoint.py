@@ -82,6 +82,8 @@ def bad_files(tmp_path, good):
            for i, (key, value, message) in enumerate(BAD_CONFIGS)},
         **{f"field {key}={value!r}": (_write(tmp_path / f"field-{i}.pt", dict(ckpt, **{key: value})), message)
            for i, (key, value, message) in enumerate(BAD_FIELDS)},
+        "integer weights": (_write(tmp_path / "int.pt", dict(ckpt, model={k: v.long() for k, v in ckpt["model"].items()})),
+                            "wrong dtype (e.g. decoder.head.bias)"),
         "NaN weights": (_write(tmp_path / "nan.pt", dict(ckpt, ema=_poisoned(ckpt["ema"], float("nan")))),
                         "ema weights: 1 tensor(s) hold NaN or Inf (first: decoder.head.bias, 1 of"),
         "Inf weights": (_write(tmp_path / "inf.pt", dict(ckpt, ema=None, model=_poisoned(ckpt["model"], float("inf")))),

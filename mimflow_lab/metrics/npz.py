@@ -38,8 +38,8 @@ def open_images(path: str | os.PathLike) -> NpzArrayReader:
                        "np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8) for [-1, 1] images)"
     elif len(reader.shape) != 4 or reader.shape[-1] != 3:
         problem = f"arr_0 has shape {reader.shape}; expected N x H x W x 3 (NHWC, RGB)"
-    elif len(reader) == 0:
-        problem = "arr_0 holds no images"
+    elif len(reader) == 0 or min(reader.shape[1:3]) < 1:
+        problem = f"arr_0 holds no images (shape {reader.shape})"
     if problem is None:
         head = NpzArrayReader(path, "arr_0")  # a second handle, so the first keeps its position
         with head:
