@@ -61,7 +61,9 @@ def write_error(path: Path, error: OSError, tmp: str | None = None) -> MIMFlowEr
     reason = error.strerror or str(error) or type(error).__name__
     if error.filename and str(error.filename) not in (str(path), tmp, str(path.parent)):
         reason += f" on {error.filename}"
-    kept = "its previous contents are intact" if path.exists() else "nothing was written there"
+    if blocker := next((p for p in path.parents if p.exists() and not p.is_dir()), None):
+        reason = f"{blocker} is a file, not a directory"  # e.g. --out given a file's name
+    kept = "its previous contents are intact" if path.is_file() else "nothing was written there"
     return MIMFlowError(f"{path}: cannot write ({reason}); {kept}, and earlier results are unchanged")
 
 

@@ -57,3 +57,16 @@ def test_umap_refuses_bad_what_naming_its_own_option(tmp_path, capsys, what):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1
     assert f"--what: unknown depth '{what}'" in err and "--depths" not in err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--samples", "20", "--knn", "10"], "--knn 10: needs fewer than half of the 20 points"),
+    (["--samples", "30", "--neighbors", "40"], "--neighbors 40: UMAP needs fewer neighbours than the 30 points"),
+])
+def test_neighbourhoods_larger_than_the_sample_are_refused_before_any_work(tmp_path, capsys, extra, needle):
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    with pytest.raises(SystemExit) as e:
+        main(["umap", ckpt, *extra, "--no-cache", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and needle in err
+    assert not (tmp_path / "out").exists()

@@ -79,8 +79,8 @@ def read_reference_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
         value = read_array(path, name)
         if value is None:
             continue
-        if value.shape != shape:
-            raise MIMFlowError(f"{path}: {name} has shape {value.shape}, expected {shape}")
+        if value.shape != shape or value.dtype.kind not in "fiu":
+            raise MIMFlowError(f"{path}: {name} has shape {value.shape} of {value.dtype}, expected {shape} numbers")
         if not np.isfinite(value).all():
             raise MIMFlowError(f"{path}: {name} contains NaN or Inf")
         stats[name] = value.astype(np.float64)

@@ -29,6 +29,16 @@ from .plot import plot_umap
 PIXELS = "pixels"  # a panel of raw pixels instead of a checkpoint
 
 
+def check_neighbourhoods(points: int, knn_k: int, n_neighbors: int) -> None:
+    """Refuse neighbourhoods the point count cannot hold, before any feature is extracted: trustworthiness needs
+    k below half the points (and so every kNN fold holds more than k), UMAP fewer neighbours than points."""
+    if 2 * knn_k >= points:
+        raise MIMFlowError(f"--knn {knn_k}: needs fewer than half of the {points} points; lower it or raise --samples")
+    if n_neighbors >= points:
+        raise MIMFlowError(f"--neighbors {n_neighbors}: UMAP needs fewer neighbours than the {points} points; "
+                           "lower it or raise --samples")
+
+
 def umap_compare(panels: Sequence[str], *, what: str = "latent", samples: int = 5000, classes: int | None = None,
                  data: str = "digits", split: str = "test", mask_ratio: float = 0.0, pool: str = "flat",
                  weights: str = "ema", seed: int = 0, shard_size: int = 256, n_neighbors: int = 15,
@@ -50,6 +60,7 @@ def umap_compare(panels: Sequence[str], *, what: str = "latent", samples: int = 
     dataset = load_dataset(data, config.image_size, split, channels=config.channels)
     index = select_indices(dataset.labels, samples, classes, seed)
     check_labels(dataset.labels[index], None, f"{data} {split} split")
+    check_neighbourhoods(index.size, knn_k, n_neighbors)
     result = {"kind": "mimflow-lab umap", "version": 1, "data": data, "split": split, "what": what, "pool": pool,
               "mask_ratio": mask_ratio, "flow_label": -1, "samples": int(index.size), "classes": classes,
               "seed": seed, "umap": {"n_neighbors": n_neighbors, "min_dist": min_dist, "metric": "euclidean"},
