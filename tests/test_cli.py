@@ -111,7 +111,7 @@ def test_usage_errors_are_one_line_exit_2(argv, needle):
 
 
 @pytest.mark.parametrize("argv", [
-    ["fid", "--rfid", "digits", "--samples", "2"], ["jacobian"], ["features"], ["probe"], ["umap", "--no-cache"],
+    ["fid", "--rfid", "digits", "--samples", "4"], ["jacobian"], ["features"], ["probe"], ["umap", "--no-cache"],
 ])
 def test_every_analysis_refuses_diverged_weights_naming_the_tensor_before_any_work(tmp_path, capsys, argv):
     import torch

@@ -138,6 +138,7 @@ def test_a_damaged_reference_cache_entry_is_named_and_computed_again(batches, tm
     ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8)}, "is 0 \\(all black\\): nothing to measure"),
     ("truncated", "not an npz file, or a truncated one"),
     ("huge", "arr_0 declares shape \\(1000000000000, 8, 8, 3\\)"),
+    ({"arr_0": np.full((3, 8, 8, 3), 200, np.uint8)}, "holds 3 image\\(s\\); the ADM metrics need at least 4"),
 ])
 def test_bad_batches_exit_2_with_one_line(tmp_path, capsys, content, message):
     np.savez(tmp_path / "good.npz", np.full((4, 8, 8, 3), 200, np.uint8))

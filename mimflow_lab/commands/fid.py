@@ -11,7 +11,7 @@ from mimflow_lab.options import command
 
 @command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
-@click.option("--samples", type=click.IntRange(min=2), default=None,
+@click.option("--samples", type=click.IntRange(min=4), default=None,
               help="Number of samples (with --rfid: at most this many dataset images)  "
                    "[default: ADM's 50000; 1000 for a model of a CPU preset (tiny, digits, small)].")
 @click.option("--ref", "reference", type=click.Path(dir_okay=False), default=None,

@@ -21,6 +21,11 @@ from mimflow_core.errors import MIMFlowError
 from mimflow_core.npz import NpzArrayReader, load_npz
 
 from .inception import POOL_DIM, SPATIAL_DIM
+from .precision_recall import K_NEAREST
+
+# the fewest images every ADM metric can be computed from: precision and recall need each image's K_NEAREST
+# neighbours besides itself (a Gaussian fit needs only 2)
+MIN_IMAGES = K_NEAREST + 1
 
 STATS_SHAPES = {"mu": (POOL_DIM,), "sigma": (POOL_DIM, POOL_DIM), "mu_s": (SPATIAL_DIM,),
                 "sigma_s": (SPATIAL_DIM, SPATIAL_DIM)}
@@ -40,6 +45,9 @@ def open_images(path: str | os.PathLike) -> NpzArrayReader:
         problem = f"arr_0 has shape {reader.shape}; expected N x H x W x 3 (NHWC, RGB)"
     elif len(reader) == 0 or min(reader.shape[1:3]) < 1:
         problem = f"arr_0 holds no images (shape {reader.shape})"
+    elif len(reader) < MIN_IMAGES:
+        problem = (f"arr_0 holds {len(reader)} image(s); the ADM metrics need at least {MIN_IMAGES} (precision and "
+                   f"recall use each image's {K_NEAREST} nearest neighbours)")
     if problem is None:
         head = NpzArrayReader(path, "arr_0")  # a second handle, so the first keeps its position
         with head:

@@ -23,7 +23,8 @@ from .cache import store_reference_features
 from .inception_features import Features, inception_features, to_uint8
 from .frechet import gaussian_stats
 from .inception import load_inception
-from .npz import open_images, read_array, write_npz
+from .npz import MIN_IMAGES, open_images, read_array, write_npz
+from .precision_recall import K_NEAREST
 
 
 def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
@@ -71,6 +72,9 @@ def build_reference(
         keep = _subset(len(dataset), limit, seed)
         shape = (size, size, 3)
         batches = _dataset_batches(dataset, keep, batch_size)
+    if len(keep) < MIN_IMAGES:
+        raise MIMFlowError(f"{source}: {len(keep)} image(s) kept; a reference needs at least {MIN_IMAGES} "
+                           f"(precision and recall use each image's {K_NEAREST} nearest neighbours)")
     inception, weights = load_inception(inception_path, device=device)
     parts: list[Features] = []
 
