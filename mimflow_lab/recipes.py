@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mimflow_core.errors import MIMFlowError
+from mimflow_core.errors import MIMFlowError, one_line
 
 REQUIRED = ("title", "result", "figure", "plot", "command")
 
@@ -105,12 +105,18 @@ def _inside(recipe: Recipe, field: str, directory: str | os.PathLike, label: str
 @dataclass
 class Redrawn:
     recipe: Recipe
-    files: dict[str, str] | None   # None when the result file is missing
+    files: dict[str, str] | None   # None when the result file is missing or damaged
     result_path: Path
+    problem: str | None = None     # what is wrong with a result file that exists but cannot be drawn
+
+
+# what a renderer raises on a result file of the wrong shape (a key missing, a string where numbers belong)
+DAMAGE = (MIMFlowError, KeyError, TypeError, ValueError, IndexError)
 
 
 def redraw_all(recipes: list[Recipe], results: str | os.PathLike, figures: str | os.PathLike) -> list[Redrawn]:
-    """Draw every recipe whose result file exists; report the others with the command that makes them.
+    """Draw every recipe whose result file exists; report the others with the command that makes them, and a
+    result file that cannot be drawn (torn, edited, of another kind) with what is wrong with it.
 
     Every recipe's paths are checked first, so one that escapes stops the run before anything is drawn.
     """
@@ -120,6 +126,12 @@ def redraw_all(recipes: list[Recipe], results: str | os.PathLike, figures: str |
         if not result.is_file():
             done.append(Redrawn(recipe, None, result))
             continue
-        files = recipe.plot_function()(result, stem)
+        try:
+            files = recipe.plot_function()(result, stem)
+        except DAMAGE as e:
+            reason = str(e) if isinstance(e, MIMFlowError) else \
+                f"{result}: not a {recipe.plot} result ({type(e).__name__}: {e})"
+            done.append(Redrawn(recipe, None, result, one_line(reason)[:300]))
+            continue
         done.append(Redrawn(recipe, {k: str(v) for k, v in files.items()}, result))
     return done

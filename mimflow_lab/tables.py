@@ -32,9 +32,12 @@ def read_result(path: str | os.PathLike | dict) -> dict:
     if isinstance(path, dict):
         return path
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MIMFlowError(f"{path}: cannot read result JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise MIMFlowError(f"{path}: a result file holds a JSON object, not {type(data).__name__}")
+    return data
 
 
 def _write_table(out_stem: str | os.PathLike, title: str, header: list[str], rows: list[list], notes: str

@@ -50,6 +50,27 @@ def test_missing_results_are_named_with_their_command(tmp_path):
         assert line.startswith("missing") and recipe.command in line
 
 
+def test_damaged_results_are_named_with_their_problem_and_the_others_still_drawn(tmp_path):
+    results = tmp_path / "results"
+    damage = {"umap/umap.json": '{"panels": 5}', "jacobian/jacobian.json": '{"models": [{"summary": ',
+              "probe/probe.json": "[1, 2, 3]", "tab10/tokens.json": '{"rows": [{"K": "x"}]}'}
+    for name, text in damage.items():
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        (results / name).write_text(text)
+    (results / "tab5a").mkdir()
+    (results / "tab5a" / "tab5a.json").write_bytes(b"\xff\xfe")
+    result = CliRunner().invoke(cli, ["figures", "--recipes", str(ANALYSES), "--results", str(results),
+                                      "--out", str(tmp_path / "figs")])
+    assert result.exit_code == 1
+    expected = {"fig4_umap": "KeyError: 'embedding_file'", "fig5_jacobian": "cannot read result JSON",
+                "fig6_probe": "holds a JSON object, not list", "tab10_tokens": "not a tab10 result (ValueError",
+                "tab5a_masking": "cannot read result JSON ('utf-8' codec"}
+    for recipe in load_recipes(ANALYSES):
+        line = next(l for l in result.output.splitlines() if recipe.name in l)
+        assert line.startswith("damaged") and expected[recipe.name] in line and recipe.command in line, line
+        assert str(results / recipe.result) in line, line
+
+
 def test_tab10_ratios_are_computed_from_the_result(tmp_path):
     rows = [{"K": 64, "step_s": 0.5, "sample_s": 2.0, "activation_bytes": 2**20},
             {"K": 128, "step_s": 1.0, "sample_s": 4.0, "activation_bytes": 2**21},

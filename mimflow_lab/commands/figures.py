@@ -19,13 +19,16 @@ from mimflow_lab.options import command
 def figures(recipes: str, results: str, out: str) -> None:
     """Redraw Figures 4-6 and Tables 5a/10; name each missing result and the command that makes it.
 
-    Exits with code 1 when any result is missing (after drawing the others).
+    Exits with code 1 when any result is missing or damaged (after drawing the others).
     """
     from mimflow_lab.recipes import load_recipes, redraw_all
 
     missing = 0
     for item in redraw_all(load_recipes(recipes), results, out):
-        if item.files is None:
+        if item.problem is not None:
+            missing += 1
+            click.echo(f"damaged  {item.recipe.name}: {item.problem} -- remake it with: {item.recipe.command}")
+        elif item.files is None:
             missing += 1
             click.echo(f"missing  {item.recipe.name}: {item.result_path} -- make it with: {item.recipe.command}")
         else:

@@ -1,7 +1,6 @@
 """Figure 5 from ``jacobian.json`` alone: distributions of σmax, σmin and log10 κ per model."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -20,10 +19,9 @@ def plot_jacobian(result: str | os.PathLike | dict, out_stem: str | os.PathLike,
     of how many were analysed, so flagged samples are visible, not hidden.
     """
     from mimflow_lab.plots import LINE_COLORS, label_log_axis, new_figure, save_figure
+    from mimflow_lab.tables import read_result
 
-    if not isinstance(result, dict):
-        with open(result) as f:
-            result = json.load(f)
+    result = read_result(result)
     models = result["models"]
     fig, axes = new_figure(3, 1, width=3.2, height=2.6)
     for key, xlabel, log_axis in PANELS:

@@ -1,7 +1,6 @@
 """Figure 6 from ``probe.json`` alone: linear-probe accuracy vs depth."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,8 +12,9 @@ def plot_probe(probe_json: str | os.PathLike | dict, out_stem: str | os.PathLike
     there are several, else mask ratio; a dashed line marks the raw-pixel probe.
     """
     from mimflow_lab.plots import LINE_COLORS, MARKERS, new_figure, save_figure
+    from mimflow_lab.tables import read_result
 
-    result = probe_json if isinstance(probe_json, dict) else json.loads(Path(probe_json).read_text())
+    result = read_result(probe_json)
     names = result["depths"]
     lines: dict[tuple[str, float], dict[str, dict]] = {}
     for row in result["results"]:

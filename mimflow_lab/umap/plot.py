@@ -1,7 +1,6 @@
 """Figure 4 from the result files alone: one UMAP panel per space, colour = class."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,10 +12,11 @@ from mimflow_core.errors import MIMFlowError
 def plot_umap(umap_json_or_npz: str | os.PathLike, out_stem: str | os.PathLike) -> dict[str, str]:
     """Figure 4 from ``umap.json`` (with its npz) or from ``umap.npz`` alone: one panel per space, colour = class."""
     from mimflow_lab.plots import class_colors, new_figure, save_figure
+    from mimflow_lab.tables import read_result
 
     path = Path(umap_json_or_npz)
     if path.suffix == ".json":
-        path = path.parent / json.loads(path.read_text())["embedding_file"]
+        path = path.parent / read_result(path)["embedding_file"]
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
