@@ -68,7 +68,7 @@ class ModelConfig:
 
         tokens = self.num_patches + self.num_tokens
         encoder = layers(self.enc_depth, self.enc_width) + tokens * self.enc_width + self.patch_dim * self.enc_width
-        flow = (sum(self.flow_blocks) and layers(sum(self.flow_blocks), self.flow_width)
+        flow = (layers(sum(self.flow_blocks), self.flow_width)
                 + (self.num_classes + len(self.flow_blocks) * (self.num_tokens + 3 * self.latent_dim))
                 * self.flow_width)
         decoder = layers(self.dec_depth, self.dec_width) + 2 * tokens * self.dec_width + self.patch_dim * self.dec_width

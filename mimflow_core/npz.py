@@ -32,10 +32,10 @@ def open_zip(path: Path) -> zipfile.ZipFile:
     """The npz as a zip archive, or one line saying why it is not one."""
     if not path.is_file():
         raise MIMFlowError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise MIMFlowError(f"{path}: not an npz file, or a truncated one (no zip directory at its end)")
     try:
         return zipfile.ZipFile(path)
+    except zipfile.BadZipFile:  # no end-of-archive directory: the file was cut short, or is no zip at all
+        raise MIMFlowError(f"{path}: not an npz file, or a truncated one (no zip directory at its end)") from None
     except READ_ERRORS as e:
         raise corrupt(path, e) from None
 
