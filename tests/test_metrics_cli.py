@@ -62,6 +62,12 @@ def test_evaluate_equals_torch_fidelity_features_with_exact_metrics(batches, pth
     assert metrics["inception_score"] == pytest.approx(numpy_inception_score(logits), rel=1e-5)
     precision, recall = brute_force_precision_recall(ref_pool, pool)
     assert (metrics["precision"], metrics["recall"]) == (precision, recall)
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    theirs = kid_features_to_metric(torch.from_numpy(pool), torch.from_numpy(ref_pool), verbose=False,
+                                    kid_subsets=metrics["kid_subsets"], kid_subset_size=metrics["kid_subset_size"])
+    assert metrics["kid_subset_size"] == min(1000, N_SAMPLES, N_REF)  # small files: shrunk, with a warning
+    assert metrics["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-5, abs=1e-7)
     assert metrics["sfid"] > 0 and metrics["num_samples"] == N_SAMPLES and metrics["num_reference"] == N_REF
     assert [line.split(":")[0] for line in lines] == ["Computing evaluations...", "Inception Score", "FID", "sFID",
                                                       "Precision", "Recall"]

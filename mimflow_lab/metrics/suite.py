@@ -7,6 +7,8 @@ it the score is reported as unavailable, with the reason, never estimated.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .cache import reference_features
@@ -15,6 +17,7 @@ from .frechet import frechet_distance, gaussian_stats
 from .inception import TORCH_FIDELITY_WEIGHTS, FIDInception, WeightsSource
 from .inception_score import inception_score
 from .npz import read_reference_stats
+from .kid import KID_SUBSET_SIZE, KID_SUBSETS, kid
 from .precision_recall import precision_recall
 
 
@@ -30,12 +33,22 @@ def adm_metrics(
     mu, sigma = (stats["mu"], stats["sigma"]) if "sigma" in stats else gaussian_stats(reference.pool)
     mu_s, sigma_s = (stats["mu_s"], stats["sigma_s"]) if "sigma_s" in stats else gaussian_stats(reference.spatial)
     precision, recall = precision_recall(reference.pool, samples.pool, device=device)
+    subset_size = min(KID_SUBSET_SIZE, len(samples), len(reference))
+    if subset_size < KID_SUBSET_SIZE:
+        warnings.warn(f"KID: {len(samples)} samples / {len(reference)} reference images, fewer than the standard "
+                      f"subset of {KID_SUBSET_SIZE}; subsets of {subset_size} are used (kid_subset_size in the "
+                      "result), so this KID is not comparable with a standard one", stacklevel=2)
+    kid_mean, kid_std = kid(samples.pool, reference.pool, KID_SUBSETS, subset_size, device=device)
     result = {
         "inception_score": None if samples.logits is None else inception_score(samples.logits),
         "fid": frechet_distance(*gaussian_stats(samples.pool), mu, sigma),
         "sfid": frechet_distance(*gaussian_stats(samples.spatial), mu_s, sigma_s),
         "precision": precision,
         "recall": recall,
+        "kid": kid_mean,
+        "kid_std": kid_std,
+        "kid_subsets": KID_SUBSETS,
+        "kid_subset_size": subset_size,
         "num_samples": len(samples),
         "num_reference": len(reference),
         "reference_stats": "from the reference file" if "sigma" in stats else "fitted to its images",
