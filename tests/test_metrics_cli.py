@@ -68,6 +68,12 @@ def test_evaluate_equals_torch_fidelity_features_with_exact_metrics(batches, pth
                                     kid_subsets=metrics["kid_subsets"], kid_subset_size=metrics["kid_subset_size"])
     assert metrics["kid_subset_size"] == min(1000, N_SAMPLES, N_REF)  # small files: shrunk, with a warning
     assert metrics["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-5, abs=1e-7)
+    from prdc.prdc import compute_nearest_neighbour_distances, compute_pairwise_distance
+
+    # prdc's own pieces (compute_prdc also needs k+2 samples for its precision/recall; 6 here)
+    radii, d = compute_nearest_neighbour_distances(ref_pool, 5), compute_pairwise_distance(ref_pool, pool)
+    assert metrics["density"] == pytest.approx((d < radii[:, None]).sum(axis=0).mean() / 5, rel=1e-9)
+    assert metrics["coverage"] == pytest.approx((d.min(axis=1) < radii).mean(), rel=1e-9)
     assert metrics["sfid"] > 0 and metrics["num_samples"] == N_SAMPLES and metrics["num_reference"] == N_REF
     assert [line.split(":")[0] for line in lines] == ["Computing evaluations...", "Inception Score", "FID", "sFID",
                                                       "Precision", "Recall"]

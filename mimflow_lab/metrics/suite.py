@@ -17,6 +17,7 @@ from .frechet import frechet_distance, gaussian_stats
 from .inception import TORCH_FIDELITY_WEIGHTS, FIDInception, WeightsSource
 from .inception_score import inception_score
 from .npz import read_reference_stats
+from .density_coverage import DC_NEAREST, density_coverage
 from .kid import KID_SUBSET_SIZE, KID_SUBSETS, kid
 from .precision_recall import precision_recall
 
@@ -38,6 +39,9 @@ def adm_metrics(
         warnings.warn(f"KID: {len(samples)} samples / {len(reference)} reference images, fewer than the standard "
                       f"subset of {KID_SUBSET_SIZE}; subsets of {subset_size} are used (kid_subset_size in the "
                       "result), so this KID is not comparable with a standard one", stacklevel=2)
+    # ADM's minimum reference (4 images) is enough for precision/recall's k=3 but not for k=5: report why, not fail
+    density, coverage = (density_coverage(reference.pool, samples.pool, device=device)
+                         if len(reference) > DC_NEAREST else (None, None))
     kid_mean, kid_std = kid(samples.pool, reference.pool, KID_SUBSETS, subset_size, device=device)
     result = {
         "inception_score": None if samples.logits is None else inception_score(samples.logits),
@@ -49,11 +53,17 @@ def adm_metrics(
         "kid_std": kid_std,
         "kid_subsets": KID_SUBSETS,
         "kid_subset_size": subset_size,
+        "density": density,
+        "coverage": coverage,
+        "density_coverage_k": DC_NEAREST,
         "num_samples": len(samples),
         "num_reference": len(reference),
         "reference_stats": "from the reference file" if "sigma" in stats else "fitted to its images",
         "inception_weights": weights.describe(),
     }
+    if density is None:
+        result["density_coverage_unavailable"] = (f"{len(reference)} reference images; density and coverage use "
+                                                  f"each one's {DC_NEAREST} nearest neighbours")
     if samples.logits is None:
         result["inception_score_unavailable"] = (
             f"{weights.path} has no 1008-way classifier; pass --inception {TORCH_FIDELITY_WEIGHTS} "
