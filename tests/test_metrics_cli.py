@@ -224,3 +224,27 @@ def test_an_out_that_cannot_be_written_is_one_line_naming_the_file(batches, tmp_
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert exit_info.value.code == 2 and len(errors) == 1
     assert f"{tmp_path / 'out' / 'metrics.json'}: cannot write (Read-only file system)" in errors[0]
+
+
+def test_evaluate_bootstrap_adds_lines_after_adms_and_fields(batches, tmp_path):
+    lines = run_cli(["evaluate", str(batches / "ref.npz"), str(batches / "samples.npz"), "--batch-size", "8",
+                     "--bootstrap", "5", "--out", str(tmp_path / "out")])
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [line.split(":")[0] for line in lines[:6]] == ["Computing evaluations...", "Inception Score", "FID", "sFID",
+                                                          "Precision", "Recall"]
+    assert lines[6].startswith(f"FID {metrics['fid']:.2f} ± ") and "5 bootstrap replicates" in lines[6]
+    b = metrics["bootstrap"]["fid"]
+    assert b["replicates"] == 5 and b["ci95"][0] <= b["mean"] <= b["ci95"][1] and b["std"] >= 0
+    assert metrics["fid_split_half"] >= 0 and "sfid" in metrics["bootstrap"]
+
+
+def test_evaluate_bootstrap_zero_is_one_line_and_keeps_old_results(batches, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.json").write_text('{"fid": 1.0}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(batches / "ref.npz"), str(batches / "samples.npz"), "--bootstrap", "0",
+              "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].endswith("--bootstrap 0: need at least 1 replicate (or leave the "
+                                                          "option out)") and "Traceback" not in "".join(err)
+    assert (tmp_path / "out" / "metrics.json").read_text() == '{"fid": 1.0}'

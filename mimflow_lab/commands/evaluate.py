@@ -16,9 +16,10 @@ from mimflow_lab.options import command
 @options.inception()
 @options.batch_size(64, "Images per Inception forward pass.")
 @options.device()
+@options.bootstrap()
 @options.out_dir_or_old_file("results/evaluate", "metrics.json", "the printed metrics with provenance")
 def evaluate(reference: str, samples: str, inception_path: str | None, batch_size: int, device: str,
-             out: Path) -> None:
+             bootstrap: int | None, out: Path) -> None:
     """IS, FID, sFID, precision and recall of SAMPLES against REFERENCE (ADM npz batches, arr_0 uint8 NHWC).
 
     Both files are streamed, never loaded whole. Prints the lines ADM's
@@ -28,6 +29,9 @@ def evaluate(reference: str, samples: str, inception_path: str | None, batch_siz
     from mimflow_core.distributed import resolve_device
     from mimflow_lab.metrics import evaluate_npz, load_inception, report_lines
     from mimflow_lab.metrics.npz import open_images, size_mismatch
+    from mimflow_lab.metrics.suite import bootstrap_lines
+
+    options.check_bootstrap(bootstrap)
 
     sizes = []
     for path in (reference, samples):  # fail on a bad file before minutes of feature extraction
@@ -38,9 +42,9 @@ def evaluate(reference: str, samples: str, inception_path: str | None, batch_siz
     click.echo(f"Inception weights: {weights.describe()}", err=True)
     if warning := size_mismatch(reference, sizes[0], samples, sizes[1]):
         warnings.warn(warning, stacklevel=1)
-    metrics = evaluate_npz(reference, samples, inception, weights, batch_size, device)
+    metrics = evaluate_npz(reference, samples, inception, weights, batch_size, device, bootstrap)
     click.echo("Computing evaluations...")
-    for line in report_lines(metrics):
+    for line in report_lines(metrics) + bootstrap_lines(metrics):
         click.echo(line)
     write_json(out, metrics)
     click.echo(f"wrote {out}", err=True)

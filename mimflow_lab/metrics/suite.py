@@ -28,8 +28,10 @@ def adm_metrics(
     weights: WeightsSource,
     reference_stats: dict | None = None,
     device: str | torch.device = "cpu",
+    bootstrap: int | None = None,
 ) -> dict:
-    """All five ADM metrics plus their provenance, as a JSON-ready dict."""
+    """All five ADM metrics plus their provenance, as a JSON-ready dict (with ``bootstrap`` replicates of FID
+    and sFID when asked)."""
     stats = reference_stats or {}
     mu, sigma = (stats["mu"], stats["sigma"]) if "sigma" in stats else gaussian_stats(reference.pool)
     mu_s, sigma_s = (stats["mu_s"], stats["sigma_s"]) if "sigma_s" in stats else gaussian_stats(reference.spatial)
@@ -61,6 +63,12 @@ def adm_metrics(
         "reference_stats": "from the reference file" if "sigma" in stats else "fitted to its images",
         "inception_weights": weights.describe(),
     }
+    if bootstrap is not None:
+        from .bootstrap import bootstrap_fid, split_half_fid
+
+        result["bootstrap"] = {"fid": bootstrap_fid(samples.pool, mu, sigma, bootstrap),
+                               "sfid": bootstrap_fid(samples.spatial, mu_s, sigma_s, bootstrap, seed=1)}
+        result["fid_split_half"] = split_half_fid(samples.pool) if len(samples) >= 4 else None
     if density is None:
         result["density_coverage_unavailable"] = (f"{len(reference)} reference images; density and coverage use "
                                                   f"each one's {DC_NEAREST} nearest neighbours")
@@ -85,13 +93,25 @@ def report_lines(metrics: dict) -> list[str]:
     ]
 
 
+def bootstrap_lines(metrics: dict) -> list[str]:
+    """``FID 12.34 ± 0.08 (95 % 12.19–12.50)`` lines, only when --bootstrap was given."""
+    lines = []
+    for key, name in (("fid", "FID"), ("sfid", "sFID")):
+        if b := metrics.get("bootstrap", {}).get(key):
+            lines.append(f"{name} {metrics[key]:.2f} ± {b['std']:.2f} (95 % {b['ci95'][0]:.2f}–{b['ci95'][1]:.2f}, "
+                         f"{b['replicates']} bootstrap replicates)")
+    if metrics.get("fid_split_half") is not None:
+        lines.append(f"FID between two halves of the samples: {metrics['fid_split_half']:.2f}")
+    return lines
+
+
 def evaluate_npz(
     reference_path, samples_path, inception: FIDInception, weights: WeightsSource, batch_size: int = 64,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", bootstrap: int | None = None,
 ) -> dict:
     """ADM's evaluator.py: metrics of a sample batch against a reference batch, both ADM npz files."""
     reference_stats = read_reference_stats(reference_path)
     reference = reference_features(reference_path, inception, weights, batch_size)
     samples = npz_features(inception, samples_path, batch_size, desc="samples")
-    result = adm_metrics(reference, samples, weights, reference_stats, device)
+    result = adm_metrics(reference, samples, weights, reference_stats, device, bootstrap)
     return {"reference": str(reference_path), "samples": str(samples_path), **result}
