@@ -232,3 +232,12 @@ def test_a_full_disk_is_one_line_and_leaves_earlier_results_byte_identical(setup
     main(fid_args(setup, out.name, "--save-npz", str(earlier)))  # space again: the run finishes where it stopped
     resumed = json.loads((out / "metrics.json").read_text())
     assert all(resumed[key] == single_run[key] for key in METRIC_KEYS)
+
+
+def test_fid_bootstrap_zero_is_refused_before_any_sampling(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fid", "missing.pt", "--ref", str(tmp_path / "ref.npz"), "--bootstrap", "0",
+              "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "--bootstrap 0: need at least 1 replicate" in err[-1]
+    assert not (tmp_path / "out").exists()
