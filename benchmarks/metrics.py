@@ -129,6 +129,72 @@ def bench_precision_recall(sizes: list[tuple[int, int]], threads: int) -> list[d
     return rows
 
 
+# ------------------------------------------------------------------ 2b. KID and density/coverage (one process per case)
+
+def kid_dc_worker(method: str, n: int, dim: int) -> dict:
+    """One of: ours/torch-fidelity KID, ours/prdc density+coverage, on n x n features; seconds and peak RSS."""
+    import contextlib
+    import io
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    real = np.abs(rng.standard_normal((n, dim), dtype=np.float32))
+    fake = np.abs(rng.standard_normal((n, dim), dtype=np.float32)) * 1.05
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start, cpu = time.perf_counter(), time.process_time()
+    if method == "ours KID":
+        from mimflow_lab.metrics.kid import kid
+
+        values = dict(zip(("kid", "kid_std"), kid(fake, real)))
+    elif method == "torch-fidelity KID":
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
+        out = kid_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real), verbose=False)
+        values = {"kid": out["kernel_inception_distance_mean"], "kid_std": out["kernel_inception_distance_std"]}
+    elif method == "ours density/coverage":
+        from mimflow_lab.metrics.density_coverage import density_coverage
+
+        values = dict(zip(("density", "coverage"), density_coverage(real, fake)))
+    else:
+        from prdc import compute_prdc
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the sizes
+            out = compute_prdc(real.astype(np.float64), fake.astype(np.float64), nearest_k=5)
+        values = {"density": float(out["density"]), "coverage": float(out["coverage"])}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"method": method, "n": n, "seconds": seconds, "cpu_seconds": cpu, **values,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+            "features_and_runtime_gb": baseline / 1e9}
+
+
+def bench_kid_dc(n: int, threads: int) -> list[dict]:
+    rows = []
+    for method in ("ours KID", "torch-fidelity KID", "ours density/coverage", "prdc density/coverage"):
+        cmd = [sys.executable, __file__, "--kid-dc-worker", method, str(n)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  {method:24s} {n}x{n}: {rows[-1]['seconds']:.1f} s, peak {rows[-1]['peak_rss_gb']:.2f} GB",
+              file=sys.stderr)
+    return rows
+
+
+def bench_bootstrap(n: int = 50_000, dim: int = 2048, replicates: int = 2) -> dict:
+    """Seconds per bootstrap replicate of FID (reference factor computed once, outside the timing)."""
+    from mimflow_lab.metrics.bootstrap import bootstrap_fid
+
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.standard_normal((n, dim)))
+    mu, sigma = random_covariance(dim, 1)
+    bootstrap_fid(x[:4 * dim], mu, sigma, 1)  # warm-up
+    start = time.perf_counter()
+    result = bootstrap_fid(x, mu, sigma, replicates)
+    seconds = (time.perf_counter() - start) / replicates
+    print(f"  bootstrap FID {n}x{dim}: {seconds:.1f} s per replicate", file=sys.stderr)
+    return {"n": n, "dim": dim, "replicates": replicates, "seconds_per_replicate": seconds, "fid_mean": result["mean"]}
+
+
 # ------------------------------------------------------------------ 3. feature extraction
 
 def bench_extraction(num_images: int = 16, batch: int = 8) -> list[dict]:
@@ -174,13 +240,29 @@ def bench_extraction(num_images: int = 16, batch: int = 8) -> list[dict]:
 
 # ------------------------------------------------------------------ report
 
+def _print_kid_dc(rows: list[dict]) -> None:
+    print("\n| KID / density-coverage (2048-d) | n x n | wall (s) | CPU (s) | peak RSS (GB) | values |\n"
+          "|---|---|---|---|---|---|")
+    for r in rows:
+        values = ", ".join(f"{k} {r[k]:.6g}" for k in ("kid", "kid_std", "density", "coverage") if k in r)
+        print(f"| {r['method']} | {r['n']} x {r['n']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+              f"{r['peak_rss_gb']:.2f} | {values} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--big", action="store_true", help="Also run precision/recall at 50k x 10k (minutes).")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per process.")
     parser.add_argument("--json", default="results/benchmarks/metrics.json", help="Where to write all figures.")
     parser.add_argument("--pr-worker", nargs=3, metavar=("METHOD", "N_FAKE", "N_REAL"), help=argparse.SUPPRESS)
+    parser.add_argument("--kid-dc-worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--only-kid-dc", action="store_true",
+                        help="Only KID and density/coverage at 10k x 10k (a short run).")
     args = parser.parse_args()
+    if args.kid_dc_worker:
+        method, n = args.kid_dc_worker
+        print(json.dumps(kid_dc_worker(method, int(n), 2048)))
+        return
     if args.pr_worker:
         method, n_fake, n_real = args.pr_worker
         print(json.dumps(pr_worker(method, int(n_fake), int(n_real), 2048)))
@@ -190,6 +272,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     results = {"threads": args.threads, "cpu_count": os.cpu_count()}
+    print("KID and density/coverage, 2048 dims, 10k x 10k", file=sys.stderr)
+    results["kid_density_coverage"] = bench_kid_dc(10_000, args.threads)
+    _print_kid_dc(results["kid_density_coverage"])
+    results["bootstrap"] = bench_bootstrap()
+    if args.only_kid_dc:
+        from mimflow_core.atomic import write_json
+
+        write_json(args.json, results)
+        return
     print("Fréchet distance, 2048 dims", file=sys.stderr)
     results["frechet"] = bench_frechet()
     print("Precision/recall, 2048 dims, k=3", file=sys.stderr)
