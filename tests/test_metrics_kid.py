@@ -31,3 +31,12 @@ def test_kid_grows_with_shift():
 def test_kid_too_few_points_is_one_line_error():
     with pytest.raises(MIMFlowError, match="subset size 1000 exceeds"):
         kid(_features(0, 50, 8, 0), _features(1, 5000, 8, 0))
+
+
+def test_kid_equals_clean_fid_when_subsets_are_the_whole_sets():
+    """clean-fid draws subsets with numpy's global RNG; with subsets = the whole (equal-size) sets the draw is moot."""
+    from cleanfid.fid import kernel_distance
+
+    fake, real = _features(3, 120, 16, 0.2).astype(np.float64), _features(4, 120, 16, 0.0).astype(np.float64)
+    assert kid(fake, real, subsets=3, subset_size=120)[0] == pytest.approx(
+        kernel_distance(fake, real, num_subsets=3, max_subset_size=120), rel=1e-9)
