@@ -18,7 +18,7 @@ import torch
 
 from mimflow_core.errors import MIMFlowError
 
-from .precision_recall import CHUNK, manifold_radii, squared_distances
+from .precision_recall import CHUNK, feature_pair, manifold_radii, squared_distances
 
 DC_NEAREST = 5
 
@@ -32,12 +32,7 @@ def density_coverage(
     dtype: torch.dtype = torch.float64,
 ) -> tuple[float, float]:
     """(density, coverage) of ``fake`` samples against ``real`` reference features (both (N, dim))."""
-    real = torch.as_tensor(np.asarray(real) if not torch.is_tensor(real) else real).to(device, dtype)
-    fake = torch.as_tensor(np.asarray(fake) if not torch.is_tensor(fake) else fake).to(device, dtype)
-    if real.dim() != 2 or real.shape[1:] != fake.shape[1:]:
-        raise MIMFlowError(f"density/coverage: feature shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
-    if not (torch.isfinite(real).all() and torch.isfinite(fake).all()):
-        raise MIMFlowError("density/coverage: features contain NaN or Inf")
+    real, fake = feature_pair(real, fake, "density/coverage", device, dtype)
     if len(fake) < 1 or len(real) <= k:
         raise MIMFlowError(f"density/coverage: need samples and more than k={k} reference points, got "
                            f"{len(fake)} and {len(real)}")

@@ -54,6 +54,19 @@ def manifold_radii(features: torch.Tensor, k: int = K_NEAREST, chunk: int = CHUN
     return torch.cat([b[:, k] for b in best])
 
 
+def feature_pair(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, what: str,
+                 device: str | torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets as (N, dim) tensors on ``device``, refused in one line (prefixed ``what``) when their
+    shapes differ or they hold NaN/Inf: the input check of every nearest-neighbour metric."""
+    real = torch.as_tensor(np.asarray(real) if not torch.is_tensor(real) else real).to(device, dtype)
+    fake = torch.as_tensor(np.asarray(fake) if not torch.is_tensor(fake) else fake).to(device, dtype)
+    if real.shape[1:] != fake.shape[1:] or real.dim() != 2:
+        raise MIMFlowError(f"{what}: feature shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
+    if not (torch.isfinite(real).all() and torch.isfinite(fake).all()):
+        raise MIMFlowError(f"{what}: features contain NaN or Inf")
+    return real, fake
+
+
 def precision_recall(
     real: np.ndarray | torch.Tensor,
     fake: np.ndarray | torch.Tensor,
@@ -63,12 +76,7 @@ def precision_recall(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[float, float]:
     """(precision, recall) of ``fake`` samples against ``real`` reference features (both (N, dim))."""
-    real = torch.as_tensor(np.asarray(real) if not torch.is_tensor(real) else real).to(device, dtype)
-    fake = torch.as_tensor(np.asarray(fake) if not torch.is_tensor(fake) else fake).to(device, dtype)
-    if real.shape[1:] != fake.shape[1:] or real.dim() != 2:
-        raise MIMFlowError(f"precision/recall: feature shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
-    if not (torch.isfinite(real).all() and torch.isfinite(fake).all()):
-        raise MIMFlowError("precision/recall: features contain NaN or Inf")
+    real, fake = feature_pair(real, fake, "precision/recall", device, dtype)
     real_radii, fake_radii = manifold_radii(real, k, chunk), manifold_radii(fake, k, chunk)
     fake_inside = torch.zeros(len(fake), dtype=torch.bool, device=device)
     real_inside = torch.zeros(len(real), dtype=torch.bool, device=device)
