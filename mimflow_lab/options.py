@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import click
 
@@ -180,6 +180,44 @@ def bootstrap() -> Decorator:
     return click.option("--bootstrap", "bootstrap", type=int, default=None, metavar="N",
                         help="Also FID and sFID over N seeded bootstrap resamples of the samples (reference fixed): "
                              "mean, std, 95 % interval, plus a split-half FID; printed after ADM's lines.")
+
+
+class EncoderPreset(NamedTuple):
+    """How uint8 images become an encoder's input: RGB in [0, 1], NCHW, then resized and normalised."""
+
+    size: int | None  # square side to resize to (bicubic, antialiased, clamped to [0, 1]); None: native size
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    what: str
+
+
+# Pure data, here rather than in mimflow_lab.metrics.encoders, so --help can list them without importing torch.
+ENCODER_PRESETS: dict[str, EncoderPreset] = {
+    "dinov2": EncoderPreset(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                            "bicubic to 224 px, ImageNet mean/std (dgm-eval's DINOv2 ViT-L/14)"),
+    "clip": EncoderPreset(224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711),
+                          "bicubic to 224 px, CLIP mean/std"),
+    "none": EncoderPreset(None, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
+                          "[0, 1] at the images' own size (the file preprocesses itself)"),
+}
+
+
+def encoder() -> Decorator:
+    presets = "; ".join(f"{name}: {p.what}" for name, p in ENCODER_PRESETS.items())
+    return click.option("--encoder", "encoders", multiple=True, metavar="[NAME=]PATH[:PRESET]",
+                        help="Also FD, precision/recall, density/coverage and KID in the feature space of a "
+                             "TorchScript encoder you provide (images -> (N, d) features); repeatable. Loading it "
+                             "runs the file's graph, so name only files you trust; its SHA-256 and preprocessing "
+                             f"go into metrics.json. PRESET ({presets}) defaults to none; NAME to the file's stem. "
+                             "torch.hub directories are not loaded (their hubconf.py runs Python and may "
+                             "download): export the model with torch.jit.trace first (README).")
+
+
+def ref_val() -> Decorator:
+    return click.option("--ref-val", "ref_val", type=click.Path(dir_okay=False), default=None, metavar="VAL.npz",
+                        help="Held-out real images (ADM npz) of the reference's distribution: adds "
+                             "FD_r = FD(samples, ref) / FD(VAL, ref) for the Inception and every --encoder "
+                             "(1 = as close as real held-out images).")
 
 
 def check_bootstrap(value: int | None) -> None:

@@ -241,3 +241,51 @@ def test_fid_bootstrap_zero_is_refused_before_any_sampling(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and "--bootstrap 0: need at least 1 replicate" in err[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_fid_encoder_features_live_in_the_shards_and_equal_evaluate_of_the_saved_samples(setup, single_run, tmp_path,
+                                                                                         monkeypatch):
+    """--encoder on fid: the Inception metrics are those of the run without it; the encoder's equal `evaluate
+    --encoder` on the saved samples; a rerun samples nothing; another preset is another run (refused)."""
+    from tests.test_metrics_encoder import PooledProjection
+    from tests.test_metrics_inception import save_torchscript
+
+    enc = save_torchscript(PooledProjection(), tmp_path / "proj.pt")
+    args = fid_args(setup, "run_enc", "--save-npz", str(tmp_path / "s.npz"), "--encoder", f"proj={enc}:dinov2")
+    run_cli(args)
+    metrics = json.loads((setup / "run_enc" / "metrics.json").read_text())
+    assert all(metrics[key] == single_run[key] for key in METRIC_KEYS)
+    with np.load(setup / "run_enc" / "shards" / "shard_000000.npz") as shard:
+        assert shard["encoder_proj"].shape == (BATCH, 4)
+    run_cli(["evaluate", str(setup / "ref.npz"), str(tmp_path / "s.npz"), "--encoder", f"proj={enc}:dinov2",
+             "--out", str(tmp_path / "ev")])
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())["encoders"]["proj"]
+    for key in ("fd", "precision", "recall", "kid", "density", "coverage"):
+        assert metrics["encoders"]["proj"][key] == pytest.approx(evaluated[key], rel=1e-5, abs=1e-9), key
+    assert metrics["run"]["encoders"] == [{"name": "proj", "sha256": evaluated["identity"]["sha256"],
+                                           "preset": "dinov2"}]
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a finished run sampled again")
+
+    monkeypatch.setattr(sampling, "inception_features", no_sampling)
+    run_cli(args)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args[:-1] + [f"proj={enc}:clip"])
+    assert exit_info.value.code == 2
+
+
+def test_fid_bad_encoder_is_refused_before_sampling_and_keeps_metrics(setup, tmp_path, capsys):
+    from tests.test_metrics_encoder import Identity
+    from tests.test_metrics_inception import save_torchscript
+
+    out = setup / "bad_enc"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"fid": 1.0}')
+    bad = save_torchscript(Identity(), tmp_path / "id.pt")
+    for spec, needle in ((str(tmp_path / "nope.pt"), "no such file"), (bad, "an encoder must return one (N, d)")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(fid_args(setup, "bad_enc", "--encoder", spec))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and needle in err[-1] and "Traceback" not in "".join(err)
+    assert (out / "metrics.json").read_text() == '{"fid": 1.0}' and not (out / "shards").exists()

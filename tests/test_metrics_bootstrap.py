@@ -33,3 +33,22 @@ def test_split_half_is_small_for_one_distribution_and_zero_replicates_refused():
     assert 0 <= split_half_fid(x) < 0.1
     with pytest.raises(MIMFlowError, match="--bootstrap 0"):
         bootstrap_fid(x, np.zeros(3), np.eye(3), replicates=0)
+
+
+def test_a_neighbour_replicate_equals_the_metrics_of_the_resampled_rows():
+    """Precision, density, coverage of one reweighting replicate == those functions on the drawn rows."""
+    from mimflow_lab.metrics.bootstrap import bootstrap_neighbours
+    from mimflow_lab.metrics.density_coverage import ball_counts, density_coverage
+    from mimflow_lab.metrics.precision_recall import inside_masks, precision_recall
+
+    rng = np.random.default_rng(1)
+    ref, x = rng.standard_normal((60, 5)), rng.standard_normal((50, 5)) + 0.4
+    inside, _ = inside_masks(ref, x, chunk=16)
+    counts, _, pairs = ball_counts(ref, x, chunk=16, keep_pairs=True)
+    result = bootstrap_neighbours(inside.numpy(), counts.numpy(), pairs.numpy(), len(ref), 5, replicates=1, seed=4)
+    rows = np.random.default_rng(4).integers(0, len(x), len(x))  # the same draw
+    assert result["precision"]["mean"] == pytest.approx(precision_recall(ref, x[rows])[0], rel=1e-12)
+    density, coverage = density_coverage(ref, x[rows])
+    assert result["density"]["mean"] == pytest.approx(density, rel=1e-12)
+    assert result["coverage"]["mean"] == pytest.approx(coverage, rel=1e-12)
+    assert pairs.shape[1] == counts.sum()  # one pair per (sample, reference ball) hold

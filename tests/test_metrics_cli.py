@@ -134,7 +134,7 @@ def test_a_damaged_reference_cache_entry_is_named_and_computed_again(batches, tm
     inception, weights = load_inception(None)
     ref = batches / "ref.npz"
     first = reference_features(ref, inception, weights, batch_size=4)
-    entry, _ = _entry(ref, weights)
+    entry, _ = _entry(ref, str(weights.path))
     entry.write_bytes(entry.read_bytes()[:1000])
     with pytest.warns(UserWarning, match=f"{entry.name}: .*cached reference features are discarded"):
         again = reference_features(ref, inception, weights, batch_size=4)
@@ -236,6 +236,11 @@ def test_evaluate_bootstrap_adds_lines_after_adms_and_fields(batches, tmp_path):
     b = metrics["bootstrap"]["fid"]
     assert b["replicates"] == 5 and b["ci95"][0] <= b["mean"] <= b["ci95"][1] and b["std"] >= 0
     assert metrics["fid_split_half"] >= 0 and "sfid" in metrics["bootstrap"]
+    for key, name in (("precision", "Precision"), ("density", "Density"), ("coverage", "Coverage")):
+        b = metrics["bootstrap"][key]
+        assert b["replicates"] == 5 and 0 <= b["ci95"][0] <= b["ci95"][1] and b["std"] >= 0
+        assert any(line.startswith(f"{name} {metrics[key]:.4f} ± {b['std']:.4f} (95 % ") for line in lines), key
+    assert set(metrics["bootstrap"]["not_bootstrapped"]) == {"recall", "kid"}
 
 
 def test_evaluate_bootstrap_zero_is_one_line_and_keeps_old_results(batches, tmp_path, capsys):

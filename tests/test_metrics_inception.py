@@ -46,6 +46,17 @@ def torchscript_or_skip() -> Path:
     return path
 
 
+def save_torchscript(module: torch.nn.Module, path: Path) -> str:
+    """``torch.jit.script(module).save(path)`` without torch's deprecation warning on stderr (the CLI tests
+    count stderr lines); returns the path."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(module).save(str(path))
+    return str(path)
+
+
 def write_pth_with_classifier(path: Path) -> Path:
     """torch-fidelity's .pth layout: the TorchScript's real weights plus a seeded stand-in 1008-way classifier.
 
@@ -182,7 +193,7 @@ def test_a_hostile_or_broken_inception_file_is_one_line_and_runs_nothing(tmp_pat
     elif case == "list":
         torch.save([torch.zeros(3)], path)
     else:  # TorchScript that is not the known file: it could run code when loaded, so it is never loaded
-        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+        save_torchscript(torch.nn.Linear(2, 2), path)
     np.savez(tmp_path / "ref.npz", arr_0=np.full((4, 8, 8, 3), 200, np.uint8))
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", str(tmp_path / "ref.npz"), str(tmp_path / "ref.npz"), "--inception", str(path),

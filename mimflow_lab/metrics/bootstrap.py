@@ -4,12 +4,20 @@ A replicate resamples the *samples* with replacement (seeded) and keeps the
 reference side fixed, so the reference's PSD factor F (Σ_ref = F Fᵀ) is
 computed once; a replicate is then the resampled mean and covariance (one
 weighted Gram matrix, from bincount weights: no copy of the features) and one
-symmetric eigenvalue problem Fᵀ Σ F. The spread is the samples' sampling
-error only (the reference counts as fixed, as ADM's stored statistics are).
+symmetric eigenvalue problem Fᵀ Σ F. Precision, density and coverage use
+the reference's balls only, so their tests are made once per sample and a
+replicate reweights them (:func:`bootstrap_neighbours`). Recall and KID are
+not bootstrapped: recall's balls are the samples' own k-NN radii, which
+collapse to 0 when a resample draws a point k + 1 times, and KID's unbiased
+estimate counts a point drawn twice as a pair of distinct ones. The spread is
+the samples' sampling error only (the reference counts as fixed, as ADM's
+stored statistics are).
 A split-half FID (two disjoint random halves of the samples) is a floor: what
 FID reads between two draws of the same model.
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -31,26 +39,61 @@ def _weighted_fd(x: torch.Tensor, weights: torch.Tensor, mu_ref: torch.Tensor, t
     return float(diff @ diff + sigma.trace() + trace_ref - 2 * eig.sqrt().sum())
 
 
+NOT_BOOTSTRAPPED = {
+    "recall": "the samples' own k-NN balls collapse to radius 0 when a resample draws a point k + 1 times",
+    "kid": "its unbiased estimate would count a point drawn twice as two distinct points",
+}
+
+
+def resample_counts(n: int, replicates: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """How often each of ``n`` samples is drawn in each of ``replicates`` seeded resamples with replacement (the
+    same draws for every metric of one seed, so their intervals come from the same resamples)."""
+    if replicates < 1:
+        raise MIMFlowError(f"--bootstrap {replicates}: need at least 1 replicate")
+    rng = np.random.default_rng(seed)
+    for _ in range(replicates):
+        yield np.bincount(rng.integers(0, n, n), minlength=n)
+
+
+def summary(values: np.ndarray, seed: int) -> dict:
+    """Mean, std and 95 % percentile interval of one metric's replicates."""
+    low, high = np.percentile(values, [2.5, 97.5])
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "ci95": [float(low), float(high)], "replicates": len(values), "seed": seed}
+
+
 def bootstrap_fid(samples: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, replicates: int,
                   seed: int = 0) -> dict:
     """Mean, std and 95 % percentile interval of FID over ``replicates`` resamples of ``samples``."""
-    if replicates < 1:
-        raise MIMFlowError(f"--bootstrap {replicates}: need at least 1 replicate")
     x = torch.from_numpy(np.asarray(samples, np.float64))
     sigma_ref = np.asarray(sigma_ref, np.float64)
     sigma_ref = (sigma_ref + sigma_ref.T) / 2
     factor, mu_t = psd_factor(sigma_ref), torch.from_numpy(np.asarray(mu_ref, np.float64))
-    rng = np.random.default_rng(seed)
-    values = np.empty(replicates)
-    for r in range(replicates):
-        counts = np.bincount(rng.integers(0, len(x), len(x)), minlength=len(x))
-        values[r] = _weighted_fd(x, torch.from_numpy(counts.astype(np.float64)), mu_t, float(np.trace(sigma_ref)),
-                                 factor)
-    low, high = np.percentile(values, [2.5, 97.5])
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if replicates > 1 else 0.0,
-            "ci95": [float(low), float(high)], "replicates": replicates, "seed": seed}
+    values = np.array([_weighted_fd(x, torch.from_numpy(counts.astype(np.float64)), mu_t,
+                                    float(np.trace(sigma_ref)), factor)
+                       for counts in resample_counts(len(x), replicates, seed)])
+    return summary(values, seed)
 
 
+def bootstrap_neighbours(inside_reference: np.ndarray, ball_counts: np.ndarray, pairs: np.ndarray, num_reference: int,
+                         k: int, replicates: int, seed: int = 0) -> dict:
+    """Precision, density and coverage over resamples of the samples, from per-sample tests made once.
+
+    The reference's balls never change, so a replicate is a reweighting:
+    precision = share of drawn samples inside a reference ball
+    (``inside_reference``), density = their mean ``ball_counts`` / k, coverage
+    = share of references whose ball holds a drawn sample (``pairs``: (sample,
+    reference) rows of every hold). Exact, and O(samples + pairs) a replicate.
+    """
+    inside = np.asarray(inside_reference, np.float64)
+    counts = np.asarray(ball_counts, np.float64)
+    values = {"precision": [], "density": [], "coverage": []}
+    for w in resample_counts(len(inside), replicates, seed):
+        values["precision"].append(w @ inside / len(w))
+        values["density"].append(w @ counts / (k * len(w)))
+        held = np.bincount(pairs[1], weights=w[pairs[0]], minlength=num_reference)
+        values["coverage"].append((held > 0).mean())
+    return {name: summary(np.array(v), seed) for name, v in values.items()}
 def split_half_fid(samples: np.ndarray, seed: int = 0) -> float:
     """FID between two disjoint random halves of ``samples``."""
     order = np.random.default_rng(seed).permutation(len(samples))

@@ -23,6 +23,39 @@ from .precision_recall import CHUNK, feature_pair, manifold_radii, squared_dista
 DC_NEAREST = 5
 
 
+def ball_counts(
+    real: np.ndarray | torch.Tensor,
+    fake: np.ndarray | torch.Tensor,
+    k: int = DC_NEAREST,
+    chunk: int = CHUNK,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+    keep_pairs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(how many reference balls hold each sample, whether each reference's ball holds any sample, and with
+    ``keep_pairs`` the (sample, reference) index pairs of every hold, (2, count) int64 for a bootstrap's
+    coverage: 16 bytes x density x k x samples)."""
+    real, fake = feature_pair(real, fake, "density/coverage", device, dtype)
+    if len(fake) < 1 or len(real) <= k:
+        raise MIMFlowError(f"density/coverage: need samples and more than k={k} reference points, got "
+                           f"{len(fake)} and {len(real)}")
+    radii = manifold_radii(real, k, chunk)  # squared k-NN distances of the references
+    counts = torch.zeros(len(fake), dtype=torch.int64, device=device)
+    covered = torch.zeros(len(real), dtype=torch.bool, device=device)
+    pairs = []
+    for i, fake_rows in enumerate(fake.split(chunk)):
+        fake_slice = slice(i * chunk, i * chunk + len(fake_rows))
+        for j, real_rows in enumerate(real.split(chunk)):
+            real_slice = slice(j * chunk, j * chunk + len(real_rows))
+            inside = squared_distances(fake_rows, real_rows) < radii[real_slice]
+            counts[fake_slice] += inside.sum(dim=1)
+            covered[real_slice] |= inside.any(dim=0)
+            if keep_pairs:
+                pairs.append(inside.nonzero().T + torch.tensor([[fake_slice.start], [real_slice.start]],
+                                                               device=device))
+    return counts, covered, torch.cat(pairs, dim=1) if keep_pairs else None
+
+
 def density_coverage(
     real: np.ndarray | torch.Tensor,
     fake: np.ndarray | torch.Tensor,
@@ -32,19 +65,10 @@ def density_coverage(
     dtype: torch.dtype = torch.float64,
 ) -> tuple[float, float]:
     """(density, coverage) of ``fake`` samples against ``real`` reference features (both (N, dim))."""
-    real, fake = feature_pair(real, fake, "density/coverage", device, dtype)
-    if len(fake) < 1 or len(real) <= k:
-        raise MIMFlowError(f"density/coverage: need samples and more than k={k} reference points, got "
-                           f"{len(fake)} and {len(real)}")
-    radii = manifold_radii(real, k, chunk)  # squared k-NN distances of the references
-    inside_count = torch.zeros((), dtype=torch.float64, device=device)
-    nearest_fake = torch.full((len(real),), float("inf"), dtype=dtype, device=device)
-    for fake_rows in fake.split(chunk):
-        for j, real_rows in enumerate(real.split(chunk)):
-            real_slice = slice(j * chunk, j * chunk + len(real_rows))
-            d = squared_distances(fake_rows, real_rows)
-            inside_count += (d < radii[real_slice]).sum()
-            nearest_fake[real_slice] = torch.minimum(nearest_fake[real_slice], d.min(dim=0).values)
-    density = inside_count.item() / (k * len(fake))
-    coverage = (nearest_fake < radii).double().mean().item()
-    return density, coverage
+    counts, covered, _ = ball_counts(real, fake, k, chunk, device, dtype)
+    return density_and_coverage(counts, covered, k)
+
+
+def density_and_coverage(counts: torch.Tensor, covered: torch.Tensor, k: int = DC_NEAREST) -> tuple[float, float]:
+    """(density, coverage) from :func:`ball_counts`' per-point tests."""
+    return counts.sum().item() / (k * len(counts)), covered.double().mean().item()

