@@ -195,6 +195,30 @@ def bench_bootstrap(n: int = 50_000, dim: int = 2048, replicates: int = 2) -> di
     return {"n": n, "dim": dim, "replicates": replicates, "seconds_per_replicate": seconds, "fid_mean": result["mean"]}
 
 
+def bench_bootstrap_neighbours(n: int = 10_000, dim: int = 2048, replicates: int = 100) -> dict:
+    """The one pass that prepares the bootstrap of precision, density and coverage (per-sample tests against the
+    reference's balls, n x n), then seconds per replicate (a reweighting: no distances)."""
+    from mimflow_lab.metrics.bootstrap import bootstrap_neighbours
+    from mimflow_lab.metrics.density_coverage import ball_counts
+    from mimflow_lab.metrics.precision_recall import inside_masks
+
+    rng = np.random.default_rng(0)
+    real = np.abs(rng.standard_normal((n, dim), dtype=np.float32))
+    fake = np.abs(rng.standard_normal((n, dim), dtype=np.float32)) * 1.05
+    start = time.perf_counter()
+    inside, _ = inside_masks(real, fake)
+    counts, _, pairs = ball_counts(real, fake, keep_pairs=True)
+    prepare = time.perf_counter() - start
+    start = time.perf_counter()
+    result = bootstrap_neighbours(inside.numpy(), counts.numpy(), pairs.numpy(), n, 5, replicates)
+    seconds = (time.perf_counter() - start) / replicates
+    print(f"  bootstrap precision/density/coverage {n}x{n}: {prepare:.1f} s once, {seconds * 1e3:.2f} ms per "
+          f"replicate, {pairs.shape[1]} ball holds", file=sys.stderr)
+    return {"n": n, "dim": dim, "replicates": replicates, "prepare_seconds": prepare,
+            "seconds_per_replicate": seconds, "ball_holds": int(pairs.shape[1]),
+            "precision_std": result["precision"]["std"]}
+
+
 # ------------------------------------------------------------------ 3. feature extraction
 
 def bench_extraction(num_images: int = 16, batch: int = 8) -> list[dict]:
@@ -257,7 +281,7 @@ def main() -> None:
     parser.add_argument("--pr-worker", nargs=3, metavar=("METHOD", "N_FAKE", "N_REAL"), help=argparse.SUPPRESS)
     parser.add_argument("--kid-dc-worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--only-kid-dc", action="store_true",
-                        help="Only KID and density/coverage at 10k x 10k (a short run).")
+                        help="Only KID and density/coverage at 10k x 10k and the bootstrap replicates (a short run).")
     args = parser.parse_args()
     if args.kid_dc_worker:
         method, n = args.kid_dc_worker
@@ -276,6 +300,7 @@ def main() -> None:
     results["kid_density_coverage"] = bench_kid_dc(10_000, args.threads)
     _print_kid_dc(results["kid_density_coverage"])
     results["bootstrap"] = bench_bootstrap()
+    results["bootstrap_neighbours"] = bench_bootstrap_neighbours()
     if args.only_kid_dc:
         from mimflow_core.atomic import write_json
 

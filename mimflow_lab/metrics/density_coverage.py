@@ -9,29 +9,24 @@ nearest neighbour within the reference set (the point itself is the 0th);
 comparisons are strict (``<``), as in the ``prdc`` package. Here we compare
 squared distances (same order) block by block, so memory is bounded at any N
 (``prdc`` builds full N x N matrices); float64 by default so the counts agree
-with ``prdc``'s float64 Euclidean distances.
+with ``prdc``'s float64 Euclidean distances. Float32 features stay float32:
+each block's rows are converted (exactly) when it is computed, so the only
+float64 arrays are the blocks.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from mimflow_core.errors import MIMFlowError
 
-from .precision_recall import CHUNK, feature_pair, manifold_radii, squared_distances
+from .precision_recall import CHUNK, FeatureArray, feature_pair, manifold_radii, squared_distances
 
 DC_NEAREST = 5
 
 
-def ball_counts(
-    real: np.ndarray | torch.Tensor,
-    fake: np.ndarray | torch.Tensor,
-    k: int = DC_NEAREST,
-    chunk: int = CHUNK,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float64,
-    keep_pairs: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def ball_counts(real: FeatureArray, fake: FeatureArray, k: int = DC_NEAREST, chunk: int = CHUNK,
+                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
+                keep_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(how many reference balls hold each sample, whether each reference's ball holds any sample, and with
     ``keep_pairs`` the (sample, reference) index pairs of every hold, (2, count) int64 for a bootstrap's
     coverage: 16 bytes x density x k x samples)."""
@@ -39,7 +34,7 @@ def ball_counts(
     if len(fake) < 1 or len(real) <= k:
         raise MIMFlowError(f"density/coverage: need samples and more than k={k} reference points, got "
                            f"{len(fake)} and {len(real)}")
-    radii = manifold_radii(real, k, chunk)  # squared k-NN distances of the references
+    radii = manifold_radii(real, k, chunk, dtype)  # squared k-NN distances of the references
     counts = torch.zeros(len(fake), dtype=torch.int64, device=device)
     covered = torch.zeros(len(real), dtype=torch.bool, device=device)
     pairs = []
@@ -47,7 +42,7 @@ def ball_counts(
         fake_slice = slice(i * chunk, i * chunk + len(fake_rows))
         for j, real_rows in enumerate(real.split(chunk)):
             real_slice = slice(j * chunk, j * chunk + len(real_rows))
-            inside = squared_distances(fake_rows, real_rows) < radii[real_slice]
+            inside = squared_distances(fake_rows, real_rows, dtype) < radii[real_slice]
             counts[fake_slice] += inside.sum(dim=1)
             covered[real_slice] |= inside.any(dim=0)
             if keep_pairs:
@@ -56,14 +51,8 @@ def ball_counts(
     return counts, covered, torch.cat(pairs, dim=1) if keep_pairs else None
 
 
-def density_coverage(
-    real: np.ndarray | torch.Tensor,
-    fake: np.ndarray | torch.Tensor,
-    k: int = DC_NEAREST,
-    chunk: int = CHUNK,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float64,
-) -> tuple[float, float]:
+def density_coverage(real: FeatureArray, fake: FeatureArray, k: int = DC_NEAREST, chunk: int = CHUNK,
+                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> tuple[float, float]:
     """(density, coverage) of ``fake`` samples against ``real`` reference features (both (N, dim))."""
     counts, covered, _ = ball_counts(real, fake, k, chunk, device, dtype)
     return density_and_coverage(counts, covered, k)

@@ -24,10 +24,18 @@ K_NEAREST = 3
 CHUNK = 4096  # rows = columns of a distance block (64 MB in float32); smaller blocks skip more symmetric work
 
 
-def squared_distances(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """|u_i - v_j|^2 as |u|^2 - 2 u.v + |v|^2 (one matmul), clamped at 0 against rounding."""
-    d = torch.addmm((u * u).sum(1, keepdim=True) + (v * v).sum(1), u, v.T, alpha=-2.0)
-    return d.clamp_min_(0.0)
+def squared_distances(u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """|u_i - v_j|^2 as |u|^2 - 2 u.v + |v|^2 (one matmul), clamped at 0 against rounding, in ``dtype`` (default:
+    the inputs').
+
+    Only the output block is as large as rows x columns: the norms are summed without squaring a copy of the
+    rows, |u|^2 is broadcast by addmm itself and |v|^2 added in place (a rows x columns temporary per block
+    was the peak of density/coverage).
+    """
+    if dtype is not None:
+        u, v = u.to(dtype), v.to(dtype)
+    d = torch.addmm(torch.einsum("ij,ij->i", u, u)[:, None], u, v.T, alpha=-2.0)
+    return d.add_(torch.einsum("ij,ij->i", v, v)).clamp_min_(0.0)
 
 
 def _keep_smallest(best: torch.Tensor | None, candidates: torch.Tensor, n: int) -> torch.Tensor:
@@ -39,15 +47,17 @@ def _keep_smallest(best: torch.Tensor | None, candidates: torch.Tensor, n: int) 
     return merged.topk(min(n, merged.shape[1]), dim=1, largest=False).values
 
 
-def manifold_radii(features: torch.Tensor, k: int = K_NEAREST, chunk: int = CHUNK) -> torch.Tensor:
-    """Squared distance from each point to its k-th nearest neighbour (the point itself is the 0th)."""
+def manifold_radii(features: torch.Tensor, k: int = K_NEAREST, chunk: int = CHUNK,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Squared distance from each point to its k-th nearest neighbour (the point itself is the 0th), computed
+    in ``dtype`` (default: the features')."""
     if len(features) <= k:
         raise MIMFlowError(f"precision/recall: need more than k={k} points, got {len(features)}")
     blocks = features.split(chunk)
     best: list[torch.Tensor | None] = [None] * len(blocks)
     for i, rows in enumerate(blocks):
         for j in range(i, len(blocks)):
-            d = squared_distances(rows, blocks[j])
+            d = squared_distances(rows, blocks[j], dtype)
             best[i] = _keep_smallest(best[i], d, k + 1)
             if j != i:  # the same block seen from block j's rows
                 best[j] = _keep_smallest(best[j], d.T, k + 1)
@@ -57,9 +67,13 @@ def manifold_radii(features: torch.Tensor, k: int = K_NEAREST, chunk: int = CHUN
 def feature_pair(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, what: str,
                  device: str | torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Both feature sets as (N, dim) tensors on ``device``, refused in one line (prefixed ``what``) when their
-    shapes differ or they hold NaN/Inf: the input check of every nearest-neighbour metric."""
-    real = torch.as_tensor(np.asarray(real) if not torch.is_tensor(real) else real).to(device, dtype)
-    fake = torch.as_tensor(np.asarray(fake) if not torch.is_tensor(fake) else fake).to(device, dtype)
+    shapes differ or they hold NaN/Inf: the input check of every nearest-neighbour metric.
+
+    Floats narrower than ``dtype`` stay as they are (float32 features for float64 distances): the distance
+    blocks convert their rows (:func:`squared_distances`), exactly, so no float64 copy of all features is made.
+    """
+    real, fake = (_stored(torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x), device, dtype)
+                  for x in (real, fake))
     if real.shape[1:] != fake.shape[1:] or real.dim() != 2:
         raise MIMFlowError(f"{what}: feature shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
     if not (torch.isfinite(real).all() and torch.isfinite(fake).all()):
@@ -67,38 +81,34 @@ def feature_pair(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tenso
     return real, fake
 
 
-def inside_masks(
-    real: np.ndarray | torch.Tensor,
-    fake: np.ndarray | torch.Tensor,
-    k: int = K_NEAREST,
-    chunk: int = CHUNK,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor]:
+FeatureArray = np.ndarray | torch.Tensor
+
+
+def inside_masks(real: FeatureArray, fake: FeatureArray, k: int = K_NEAREST, chunk: int = CHUNK,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """(each sample inside a reference ball, each reference inside a sample ball): the per-point tests whose
     shares are precision and recall (kept per point so a bootstrap can reweight them)."""
     real, fake = feature_pair(real, fake, "precision/recall", device, dtype)
-    real_radii, fake_radii = manifold_radii(real, k, chunk), manifold_radii(fake, k, chunk)
+    real_radii, fake_radii = manifold_radii(real, k, chunk, dtype), manifold_radii(fake, k, chunk, dtype)
     fake_inside = torch.zeros(len(fake), dtype=torch.bool, device=device)
     real_inside = torch.zeros(len(real), dtype=torch.bool, device=device)
     for i, fake_rows in enumerate(fake.split(chunk)):
         fake_slice = slice(i * chunk, i * chunk + len(fake_rows))
         for j, real_rows in enumerate(real.split(chunk)):
             real_slice = slice(j * chunk, j * chunk + len(real_rows))
-            d = squared_distances(fake_rows, real_rows)
+            d = squared_distances(fake_rows, real_rows, dtype)
             fake_inside[fake_slice] |= (d <= real_radii[real_slice]).any(dim=1)
             real_inside[real_slice] |= (d <= fake_radii[fake_slice, None]).any(dim=0)
     return fake_inside, real_inside
 
 
-def precision_recall(
-    real: np.ndarray | torch.Tensor,
-    fake: np.ndarray | torch.Tensor,
-    k: int = K_NEAREST,
-    chunk: int = CHUNK,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> tuple[float, float]:
+def _stored(x: torch.Tensor, device: str | torch.device, dtype: torch.dtype) -> torch.Tensor:
+    narrower = x.is_floating_point() and x.dtype.itemsize <= dtype.itemsize
+    return x.to(device, x.dtype if narrower else dtype)
+
+
+def precision_recall(real: FeatureArray, fake: FeatureArray, k: int = K_NEAREST, chunk: int = CHUNK,
+                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[float, float]:
     """(precision, recall) of ``fake`` samples against ``real`` reference features (both (N, dim))."""
     return shares(*inside_masks(real, fake, k, chunk, device, dtype))
 
