@@ -178,8 +178,9 @@ def inception() -> Decorator:
 
 def bootstrap() -> Decorator:
     return click.option("--bootstrap", "bootstrap", type=int, default=None, metavar="N",
-                        help="Also FID and sFID over N seeded bootstrap resamples of the samples (reference fixed): "
-                             "mean, std, 95 % interval, plus a split-half FID; printed after ADM's lines.")
+                        help="Also FID, sFID, precision, density and coverage (and each --encoder's) over N seeded "
+                             "bootstrap resamples of the samples (reference fixed): mean, std, 95 % interval, plus "
+                             "a split-half FID; printed after ADM's lines.")
 
 
 class EncoderPreset(NamedTuple):

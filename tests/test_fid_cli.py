@@ -289,3 +289,22 @@ def test_fid_bad_encoder_is_refused_before_sampling_and_keeps_metrics(setup, tmp
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 2 and needle in err[-1] and "Traceback" not in "".join(err)
     assert (out / "metrics.json").read_text() == '{"fid": 1.0}' and not (out / "shards").exists()
+
+
+def test_rfid_encoder_compares_reconstructions_with_the_originals_in_the_encoder_space(setup, tmp_path):
+    """--rfid without --ref: the originals' encoder features come from the dataset (real_encoder_*), and FD is
+    that of the encoder's features of the saved reconstructions against those of the originals."""
+    from tests.test_metrics import exact_frechet
+    from tests.test_metrics_encoder import PooledProjection, hand_dinov2
+    from tests.test_metrics_inception import save_torchscript
+
+    enc = save_torchscript(PooledProjection(), tmp_path / "proj.pt")
+    run_cli(["fid", str(setup / "tiny.pt"), "--rfid", "digits", "--samples", "6", "--batch-size", "3",
+             "--save-npz", str(tmp_path / "recon.npz"), "--encoder", f"{enc}:dinov2", "--out", str(tmp_path / "r")])
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    dataset = load_dataset("digits", 32, "test")
+    originals = to_uint8(torch.stack([dataset[i][0] for i in range(6)])).numpy()
+    with np.load(tmp_path / "recon.npz") as saved, torch.no_grad():
+        fake = PooledProjection()(hand_dinov2(saved["arr_0"])).double().numpy()
+        real = PooledProjection()(hand_dinov2(originals)).double().numpy()
+    assert metrics["encoders"]["proj"]["fd"] == pytest.approx(exact_frechet(fake, real), rel=1e-4)
