@@ -148,7 +148,7 @@ class _Linearisation:
 
 
 class FlowJacobian(JacobianOperator):
-    """Jacobian of a latent flow (its first ``num_blocks`` blocks) at latents z (B, K, D).
+    """Jacobian of blocks ``first_block`` to ``num_blocks`` − 1 of a latent flow at the points z (B, K, D) they see.
 
     J = J_N ⋯ J_1 with one autoregressive affine block per factor. Each J_b is
     triangular in its block's token order, so J⁻¹ is the linearisation of the
@@ -156,14 +156,19 @@ class FlowJacobian(JacobianOperator):
     steps) and J⁻ᵀ its transpose: inverse products cost about what forward
     products cost, with no inner solver. log|det J| = −Σ log-scales is the
     flow's own. The flow must be float64 and in eval mode.
+
+    With the defaults z is the flow's input and J the whole flow's Jacobian
+    (or that of its first ``num_blocks`` blocks); ``first_block=b,
+    num_blocks=b + 1`` with z the output of blocks < b is block b's own J_b
+    (:func:`block_jacobians`), with the same exact products.
     """
 
-    def __init__(self, flow, z: Tensor, y: Tensor, num_blocks: int | None = None) -> None:
+    def __init__(self, flow, z: Tensor, y: Tensor, num_blocks: int | None = None, first_block: int = 0) -> None:
         from mimflow_core.layers import math_attention
 
         B, K, D = z.shape
         super().__init__(B, K * D, z.device)
-        self.blocks = list(flow.blocks)[:num_blocks]
+        self.blocks = list(flow.blocks)[first_block:num_blocks]
         self.shape = (K, D)
         self.z = z.detach().to(torch.float64)
         self.y = y
@@ -233,3 +238,16 @@ class FlowJacobian(JacobianOperator):
 
     def _rsolve(self, w: Tensor, idx: Tensor) -> Tensor:
         return self._through("inverse", True, w, idx)
+
+
+def block_jacobians(flow, z: Tensor, y: Tensor, num_blocks: int | None = None) -> list[FlowJacobian]:
+    """One operator per block b < ``num_blocks``: J_b at the point x_b = (blocks < b)(z) that block b sees.
+
+    Each operator's ``eps`` is the next one's input, so the flow runs forward
+    once in all; J = J_B ⋯ J_1 is their product.
+    """
+    ops, x = [], z
+    for b in range(len(list(flow.blocks)[:num_blocks])):
+        ops.append(FlowJacobian(flow, x, y, num_blocks=b + 1, first_block=b))
+        x = ops[-1].eps
+    return ops
