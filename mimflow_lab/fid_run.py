@@ -27,6 +27,7 @@ from mimflow_core.errors import MIMFlowError
 from mimflow_core.model import check_guidance
 from mimflow_core.npz import NpzArrayReader
 from mimflow_lab.metrics import adm_metrics, load_inception
+from mimflow_lab.metrics.bootstrap import Bootstrap
 from mimflow_lab.metrics.cache import reference_encoder_features, reference_features
 from mimflow_lab.metrics.encoders import Encoder, EncoderSpec, load_encoders
 from mimflow_lab.metrics.inception_features import to_uint8
@@ -55,7 +56,7 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
             samples: int | None = None,
             batch: int = 256, cfg: float = 1.0, seed: int = 0, rfid: str | None = None, split: str = "test",
             weights: str = "ema", inception_path: str | None = None, save_npz: str | None = None,
-            device: str | None = None, bootstrap: int | None = None, encoders: Sequence[EncoderSpec] = (),
+            device: str | None = None, bootstrap: Bootstrap | None = None, encoders: Sequence[EncoderSpec] = (),
             ref_val: str | None = None) -> dict | None:
     """IS, FID, sFID, precision and recall of ``checkpoint``'s samples against ``reference``, sharded and resumable.
 
@@ -182,7 +183,7 @@ def _check_same_run(path: Path, run: dict, plan: ShardPlan, is_main: bool) -> No
 
 
 def _merge_and_score(plan: ShardPlan, reference: str | None, inception: FIDInception, source: WeightsSource,
-                     device: torch.device, save_npz: str | None, bootstrap: int | None = None,
+                     device: torch.device, save_npz: str | None, bootstrap: Bootstrap | None = None,
                      encoders: Sequence[Encoder] = (), ref_val: str | None = None) -> dict:
     """The ADM metrics of the merged shards (and the samples written as an ADM npz when asked), with each
     encoder's and FD_r against ``ref_val``."""

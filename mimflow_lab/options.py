@@ -221,12 +221,22 @@ def ref_val() -> Decorator:
                              "(1 = as close as real held-out images).")
 
 
-def check_bootstrap(value: int | None) -> None:
-    """--bootstrap must be a positive count; refused before any work (exit 2, nothing written)."""
+def bootstrap_reference() -> Decorator:
+    return click.option("--bootstrap-reference", "bootstrap_reference", is_flag=True, default=False,
+                        help="With --bootstrap: resample the reference's images too for FID, sFID and each "
+                             "encoder's FD (its Gaussian refitted each replicate: slower); precision, density and "
+                             "coverage keep its k-NN balls fixed.")
+
+
+def check_bootstrap(value: int | None, reference: bool = False) -> None:
+    """--bootstrap must be a positive count, and --bootstrap-reference needs it; refused before any work (exit 2,
+    nothing written)."""
     from mimflow_core.errors import MIMFlowError
 
     if value is not None and value < 1:
         raise MIMFlowError(f"--bootstrap {value}: need at least 1 replicate (or leave the option out)")
+    if reference and value is None:
+        raise MIMFlowError("--bootstrap-reference: resamples only with --bootstrap N")
 
 
 @contextlib.contextmanager

@@ -52,3 +52,16 @@ def test_a_neighbour_replicate_equals_the_metrics_of_the_resampled_rows():
     assert result["density"]["mean"] == pytest.approx(density, rel=1e-12)
     assert result["coverage"]["mean"] == pytest.approx(coverage, rel=1e-12)
     assert pairs.shape[1] == counts.sum()  # one pair per (sample, reference ball) hold
+
+
+def test_a_replicate_with_the_reference_resampled_equals_fid_of_both_resampled_sets():
+    rng = np.random.default_rng(2)
+    x, ref = rng.standard_normal((70, 4)), rng.standard_normal((90, 4)) + 0.2
+    result = bootstrap_fid(x, *gaussian_stats(ref), replicates=1, seed=5, reference=ref)
+    rows_x = np.random.default_rng(5).integers(0, len(x), len(x))
+    rows_ref = np.random.default_rng((5, 1)).integers(0, len(ref), len(ref))  # the reference's own stream
+    expected = frechet_distance(*gaussian_stats(x[rows_x]), *gaussian_stats(ref[rows_ref]))
+    assert result["mean"] == pytest.approx(expected, rel=1e-9) and result["reference_resampled"]
+    fixed = bootstrap_fid(x, *gaussian_stats(ref), replicates=30, seed=5)
+    both = bootstrap_fid(x, *gaussian_stats(ref), replicates=30, seed=5, reference=ref)
+    assert both["std"] > fixed["std"]  # two sources of sampling error instead of one

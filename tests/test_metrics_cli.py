@@ -253,3 +253,16 @@ def test_evaluate_bootstrap_zero_is_one_line_and_keeps_old_results(batches, tmp_
     assert exit_info.value.code == 2 and err[-1].endswith("--bootstrap 0: need at least 1 replicate (or leave the "
                                                           "option out)") and "Traceback" not in "".join(err)
     assert (tmp_path / "out" / "metrics.json").read_text() == '{"fid": 1.0}'
+
+
+def test_bootstrap_reference_resamples_both_sides_and_needs_bootstrap(batches, tmp_path, capsys):
+    run_cli(["evaluate", str(batches / "ref.npz"), str(batches / "samples.npz"), "--batch-size", "8",
+             "--bootstrap", "4", "--bootstrap-reference", "--out", str(tmp_path / "out")])
+    b = json.loads((tmp_path / "out" / "metrics.json").read_text())["bootstrap"]
+    assert b["fid"]["reference_resampled"] and b["sfid"]["reference_resampled"] and b["fid"]["replicates"] == 4
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(batches / "ref.npz"), str(batches / "samples.npz"), "--bootstrap-reference",
+              "--out", str(tmp_path / "out2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].endswith("--bootstrap-reference: resamples only with --bootstrap N")
+    assert not (tmp_path / "out2").exists()

@@ -17,11 +17,13 @@ from mimflow_lab.options import command
 @options.batch_size(64, "Images per Inception forward pass.")
 @options.device()
 @options.bootstrap()
+@options.bootstrap_reference()
 @options.encoder()
 @options.ref_val()
 @options.out_dir_or_old_file("results/evaluate", "metrics.json", "the printed metrics with provenance")
 def evaluate(reference: str, samples: str, inception_path: str | None, batch_size: int, device: str,
-             bootstrap: int | None, encoders: tuple[str, ...], ref_val: str | None, out: Path) -> None:
+             bootstrap: int | None, bootstrap_reference: bool, encoders: tuple[str, ...], ref_val: str | None,
+             out: Path) -> None:
     """IS, FID, sFID, precision and recall of SAMPLES against REFERENCE (ADM npz batches, arr_0 uint8 NHWC).
 
     Both files are streamed, never loaded whole. Prints the lines ADM's
@@ -32,11 +34,13 @@ def evaluate(reference: str, samples: str, inception_path: str | None, batch_siz
     from mimflow_core.distributed import resolve_device
     from mimflow_lab.metrics import evaluate_npz, load_inception, report_lines
     from mimflow_lab.metrics.npz import open_images, size_mismatch
+    from mimflow_lab.metrics.bootstrap import Bootstrap
     from mimflow_lab.metrics.encoders import load_encoders, parse_encoder_specs
     from mimflow_lab.metrics.suite import extra_lines
 
-    options.check_bootstrap(bootstrap)
+    options.check_bootstrap(bootstrap, bootstrap_reference)
     specs = parse_encoder_specs(encoders)
+    replicates = None if bootstrap is None else Bootstrap(bootstrap, bootstrap_reference)
 
     sizes = []
     for path in (reference, samples, *([ref_val] if ref_val else [])):  # a bad file fails before minutes of work
@@ -48,7 +52,7 @@ def evaluate(reference: str, samples: str, inception_path: str | None, batch_siz
     click.echo(f"Inception weights: {weights.describe()}", err=True)
     if warning := size_mismatch(reference, sizes[0], samples, sizes[1]):
         warnings.warn(warning, stacklevel=1)
-    metrics = evaluate_npz(reference, samples, inception, weights, batch_size, device, bootstrap, loaded, ref_val)
+    metrics = evaluate_npz(reference, samples, inception, weights, batch_size, device, replicates, loaded, ref_val)
     click.echo("Computing evaluations...")
     for line in report_lines(metrics) + extra_lines(metrics):
         click.echo(line)

@@ -30,11 +30,13 @@ from mimflow_lab.options import command
 @options.inception()
 @options.device()
 @options.bootstrap()
+@options.bootstrap_reference()
 @options.encoder()
 @options.ref_val()
 def fid(checkpoint: str | None, samples: int | None, reference: str | None, cfg: float, batch_size: int, seed: int,
         save_npz: str | None, out: str, rfid: str | None, split: str, weights: str, inception_path: str | None,
-        device: str, bootstrap: int | None, encoders: tuple[str, ...], ref_val: str | None) -> None:
+        device: str, bootstrap: int | None, bootstrap_reference: bool, encoders: tuple[str, ...],
+        ref_val: str | None) -> None:
     """IS, FID, sFID, precision and recall of CHECKPOINT's class-balanced samples against --ref.
 
     Run under `torchrun --nproc-per-node N` to share the work: the numbers
@@ -48,18 +50,20 @@ def fid(checkpoint: str | None, samples: int | None, reference: str | None, cfg:
     from mimflow_lab.defaults import resolve_checkpoints
     from mimflow_lab.fid_run import run_fid
     from mimflow_lab.metrics import report_lines
+    from mimflow_lab.metrics.bootstrap import Bootstrap
     from mimflow_lab.metrics.encoders import parse_encoder_specs
     from mimflow_lab.metrics.suite import extra_lines
 
-    options.check_bootstrap(bootstrap)
+    options.check_bootstrap(bootstrap, bootstrap_reference)
     specs = parse_encoder_specs(encoders)
+    replicates = None if bootstrap is None else Bootstrap(bootstrap, bootstrap_reference)
 
     if reference is None and rfid is None:
         raise MIMFlowError("--ref: required (an ADM reference batch; build one with `mimflow-lab ref-stats`)")
     (checkpoint,) = resolve_checkpoints([checkpoint] if checkpoint else [])
     metrics = run_fid(checkpoint, out, reference=reference, samples=samples, batch=batch_size, cfg=cfg,
                       seed=seed, rfid=rfid, split=split, weights=weights, inception_path=inception_path,
-                      save_npz=save_npz, device=device, bootstrap=bootstrap, encoders=specs, ref_val=ref_val)
+                      save_npz=save_npz, device=device, bootstrap=replicates, encoders=specs, ref_val=ref_val)
     if metrics is None:  # another rank than 0: rank 0 reports
         return
     for line in report_lines(metrics) + extra_lines(metrics):

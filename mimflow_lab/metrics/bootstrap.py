@@ -11,12 +11,17 @@ not bootstrapped: recall's balls are the samples' own k-NN radii, which
 collapse to 0 when a resample draws a point k + 1 times, and KID's unbiased
 estimate counts a point drawn twice as a pair of distinct ones. The spread is
 the samples' sampling error only (the reference counts as fixed, as ADM's
-stored statistics are).
+stored statistics are), unless --bootstrap-reference asks to resample the
+reference's features too for the Fréchet distances (then its Gaussian and
+factor are refitted each replicate; its balls stay fixed for precision,
+density and coverage, which would otherwise collapse like recall's).
 A split-half FID (two disjoint random halves of the samples) is a floor: what
 FID reads between two draws of the same model.
 """
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -27,12 +32,34 @@ from mimflow_core.errors import MIMFlowError
 from .frechet import frechet_distance, gaussian_stats, psd_factor
 
 
-def _weighted_fd(x: torch.Tensor, weights: torch.Tensor, mu_ref: torch.Tensor, trace_ref: float,
-                 factor: torch.Tensor) -> float:
-    n = weights.sum()
-    mu = weights @ x / n
+@dataclass(frozen=True)
+class Bootstrap:
+    """What --bootstrap asks: ``replicates`` resamples of the samples, and with ``reference`` (from
+    --bootstrap-reference) of the reference too, for the Fréchet distances."""
+
+    replicates: int
+    reference: bool = False
+
+
+def _weighted_stats(x: torch.Tensor, weights: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of the rows of ``x`` drawn ``weights`` times each (no copy of the drawn rows)."""
+    w = torch.from_numpy(weights.astype(np.float64))
+    n = w.sum()
+    mu = w @ x / n
     centred = x - mu
-    sigma = (centred * weights[:, None]).T @ centred / (n - 1)
+    return mu, (centred * w[:, None]).T @ centred / (n - 1)
+
+
+def _reference_side(mu: np.ndarray | torch.Tensor, sigma: np.ndarray | torch.Tensor
+                    ) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """(mean, trace, PSD factor) of the reference Gaussian: all a replicate needs of that side."""
+    sigma = np.asarray(sigma, np.float64)
+    sigma = (sigma + sigma.T) / 2
+    return torch.from_numpy(np.asarray(mu, np.float64)), float(np.trace(sigma)), psd_factor(sigma)
+
+
+def _fd_to(mu: torch.Tensor, sigma: torch.Tensor, mu_ref: torch.Tensor, trace_ref: float,
+           factor: torch.Tensor) -> float:
     eig = torch.linalg.eigvalsh(factor.T @ sigma @ factor)
     eig = eig[eig > eig.max().clamp_min(0) * len(eig) * torch.finfo(torch.float64).eps]
     diff = mu - mu_ref
@@ -45,7 +72,7 @@ NOT_BOOTSTRAPPED = {
 }
 
 
-def resample_counts(n: int, replicates: int, seed: int = 0) -> Iterator[np.ndarray]:
+def resample_counts(n: int, replicates: int, seed: int | tuple[int, ...] = 0) -> Iterator[np.ndarray]:
     """How often each of ``n`` samples is drawn in each of ``replicates`` seeded resamples with replacement (the
     same draws for every metric of one seed, so their intervals come from the same resamples)."""
     if replicates < 1:
@@ -63,16 +90,20 @@ def summary(values: np.ndarray, seed: int) -> dict:
 
 
 def bootstrap_fid(samples: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, replicates: int,
-                  seed: int = 0) -> dict:
-    """Mean, std and 95 % percentile interval of FID over ``replicates`` resamples of ``samples``."""
+                  seed: int = 0, reference: np.ndarray | None = None) -> dict:
+    """Mean, std and 95 % percentile interval of FID over ``replicates`` resamples of ``samples``; with
+    ``reference`` (its features) each replicate also resamples it (its own seeded stream) and refits its Gaussian
+    in place of ``mu_ref``/``sigma_ref``, at one more factorisation a replicate."""
     x = torch.from_numpy(np.asarray(samples, np.float64))
-    sigma_ref = np.asarray(sigma_ref, np.float64)
-    sigma_ref = (sigma_ref + sigma_ref.T) / 2
-    factor, mu_t = psd_factor(sigma_ref), torch.from_numpy(np.asarray(mu_ref, np.float64))
-    values = np.array([_weighted_fd(x, torch.from_numpy(counts.astype(np.float64)), mu_t,
-                                    float(np.trace(sigma_ref)), factor)
-                       for counts in resample_counts(len(x), replicates, seed)])
-    return summary(values, seed)
+    if reference is None:
+        references = itertools.repeat(_reference_side(mu_ref, sigma_ref))
+    else:
+        y = torch.from_numpy(np.asarray(reference, np.float64))
+        references = (_reference_side(*(t.numpy() for t in _weighted_stats(y, w)))
+                      for w in resample_counts(len(y), replicates, (seed, 1)))
+    values = np.array([_fd_to(*_weighted_stats(x, w), *side)
+                       for w, side in zip(resample_counts(len(x), replicates, seed), references)])
+    return {**summary(values, seed), "reference_resampled": reference is not None}
 
 
 def bootstrap_neighbours(inside_reference: np.ndarray, ball_counts: np.ndarray, pairs: np.ndarray, num_reference: int,

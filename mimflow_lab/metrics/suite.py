@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .bootstrap import NOT_BOOTSTRAPPED, bootstrap_fid, bootstrap_neighbours, split_half_fid
+from .bootstrap import NOT_BOOTSTRAPPED, Bootstrap, bootstrap_fid, bootstrap_neighbours, split_half_fid
 from .cache import reference_encoder_features, reference_features
 from .encoders import Encoder, npz_encoder_features
 from .inception_features import Features, npz_features
@@ -41,7 +41,7 @@ class Encoded:
 
 def feature_metrics(
     reference: np.ndarray, samples: np.ndarray, what: str, reference_stats: tuple | None = None,
-    validation: np.ndarray | None = None, device: str | torch.device = "cpu", bootstrap: int | None = None,
+    validation: np.ndarray | None = None, device: str | torch.device = "cpu", bootstrap: Bootstrap | None = None,
 ) -> dict:
     """FD, precision/recall, KID and density/coverage in one feature space (the Inception's pool_3 or an
     encoder's), with FD_r against held-out ``validation`` features and FD's bootstrap when asked: one code path
@@ -67,11 +67,12 @@ def feature_metrics(
         result["fd_val"] = fd_val
         result["fd_r"] = result["fd"] / fd_val if fd_val > 0 else None
     if bootstrap is not None:
-        result["bootstrap"] = {"fd": bootstrap_fid(samples, mu, sigma, bootstrap)}
+        result["bootstrap"] = {"fd": bootstrap_fid(samples, mu, sigma, bootstrap.replicates,
+                                                   reference=reference if bootstrap.reference else None)}
         if balls is not None:
             result["bootstrap"].update(bootstrap_neighbours(fake_inside.cpu().numpy(), balls[0].cpu().numpy(),
                                                             balls[2].cpu().numpy(), len(reference), DC_NEAREST,
-                                                            bootstrap))
+                                                            bootstrap.replicates))
         result["bootstrap"]["not_bootstrapped"] = NOT_BOOTSTRAPPED
     if density is None:
         result["density_coverage_unavailable"] = (f"{len(reference)} reference images; density and coverage use "
@@ -85,7 +86,7 @@ def adm_metrics(
     weights: WeightsSource,
     reference_stats: dict | None = None,
     device: str | torch.device = "cpu",
-    bootstrap: int | None = None,
+    bootstrap: Bootstrap | None = None,
     validation: Features | None = None,
     encoded: dict[str, Encoded] | None = None,
 ) -> dict:
@@ -93,6 +94,10 @@ def adm_metrics(
     ``bootstrap`` replicates of FID and sFID, with ``validation`` (--ref-val) FID_r, and each ``encoded``
     representation's metrics under ``encoders``."""
     stats = reference_stats or {}
+    if bootstrap is not None and bootstrap.reference and "sigma" in stats:
+        warnings.warn(f"--bootstrap-reference: each replicate refits the reference's Gaussians to a resample of its "
+                      f"{len(reference)} images' features in place of the statistics stored in the file",
+                      stacklevel=2)
     pool = feature_metrics(reference.pool, samples.pool, "Inception",
                            (stats["mu"], stats["sigma"]) if "sigma" in stats else None,
                            None if validation is None else validation.pool, device, bootstrap)
@@ -112,7 +117,9 @@ def adm_metrics(
     })
     if replicates is not None:
         result["bootstrap"] = {"fid": replicates.pop("fd"),
-                               "sfid": bootstrap_fid(samples.spatial, mu_s, sigma_s, bootstrap, seed=1), **replicates}
+                               "sfid": bootstrap_fid(samples.spatial, mu_s, sigma_s, bootstrap.replicates, seed=1,
+                                                     reference=reference.spatial if bootstrap.reference else None),
+                               **replicates}
         result["fid_split_half"] = split_half_fid(samples.pool) if len(samples) >= 4 else None
     if validation is not None:
         result["num_ref_val"] = len(validation)
@@ -174,7 +181,7 @@ def extra_lines(metrics: dict) -> list[str]:
 
 def evaluate_npz(
     reference_path, samples_path, inception: FIDInception, weights: WeightsSource, batch_size: int = 64,
-    device: str | torch.device = "cpu", bootstrap: int | None = None, encoders: Sequence[Encoder] = (),
+    device: str | torch.device = "cpu", bootstrap: Bootstrap | None = None, encoders: Sequence[Encoder] = (),
     ref_val: str | os.PathLike | None = None,
 ) -> dict:
     """ADM's evaluator.py: metrics of a sample batch against a reference batch, both ADM npz files (plus each
