@@ -35,6 +35,7 @@ from mimflow_core.errors import MIMFlowError
 from mimflow_lab.options import ENCODER_PRESETS
 
 from .inception import is_torchscript, load_torchscript
+from .inception_features import with_progress
 from .npz import open_images
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -161,4 +162,5 @@ def load_encoders(specs: Iterable[EncoderSpec], device: str | torch.device,
 def npz_encoder_features(encoder: Encoder, path: str | os.PathLike, batch_size: int = 64) -> np.ndarray:
     """An encoder's features of an ADM npz's ``arr_0``, streamed ``batch_size`` images at a time."""
     with open_images(path) as reader:
-        return np.concatenate([encoder.features(batch) for batch in reader.batches(batch_size)])
+        batches = with_progress(reader.batches(batch_size), len(reader), f"{encoder.name} {Path(path).name}")
+        return np.concatenate([encoder.features(batch) for batch in batches])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -70,16 +70,19 @@ def inception_features(inception: FIDInception, images_nhwc: np.ndarray | torch.
     return Features(out.pool.float().cpu().numpy(), out.spatial.float().cpu().numpy(), logits)
 
 
+def with_progress(batches: Iterable[np.ndarray], total: int | None, desc: str) -> Iterator[np.ndarray]:
+    """``batches`` as they are, counting their images on a progress bar on stderr (every feature pass)."""
+    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
+
+
 def extract_inception_features(
     inception: FIDInception, batches: Iterable[np.ndarray], total: int | None = None, desc: str = "inception"
 ) -> Features:
     """Features of a stream of uint8 NHWC batches (progress on stderr)."""
-    parts = []
-    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
-        for batch in batches:
-            parts.append(inception_features(inception, batch))
-            bar.update(len(batch))
-    return Features.concatenate(parts)
+    return Features.concatenate([inception_features(inception, b) for b in with_progress(batches, total, desc)])
 
 
 def npz_features(inception: FIDInception, path, batch_size: int = 64, desc: str | None = None) -> Features:
