@@ -308,3 +308,17 @@ def test_rfid_encoder_compares_reconstructions_with_the_originals_in_the_encoder
         fake = PooledProjection()(hand_dinov2(saved["arr_0"])).double().numpy()
         real = PooledProjection()(hand_dinov2(originals)).double().numpy()
     assert metrics["encoders"]["proj"]["fd"] == pytest.approx(exact_frechet(fake, real), rel=1e-4)
+
+
+def test_fid_ref_val_is_scored_from_finished_shards_like_evaluate(setup, single_run, tmp_path):
+    """--ref-val is not part of the run's identity: added to a finished run it rescores the shards and gives FID_r,
+    with the denominator `evaluate REF VAL` computes."""
+    np.savez(tmp_path / "val.npz", foolbox_images("cifar10", 14)[8:])
+    out = _copy_of_run1(setup, "ref_val")
+    run_cli(fid_args(setup, "ref_val", "--save-npz", str(out / "samples.npz"), "--ref-val", str(tmp_path / "val.npz")))
+    metrics = json.loads((out / "metrics.json").read_text())
+    run_cli(["evaluate", str(setup / "ref.npz"), str(tmp_path / "val.npz"), "--out", str(tmp_path / "ev")])
+    val_fid = json.loads((tmp_path / "ev" / "metrics.json").read_text())["fid"]
+    assert metrics["fid"] == single_run["fid"] and metrics["fid_val"] == pytest.approx(val_fid, rel=1e-9)
+    assert metrics["fid_r"] == pytest.approx(single_run["fid"] / val_fid, rel=1e-9)
+    assert metrics["ref_val"] == str(tmp_path / "val.npz")
