@@ -1,8 +1,10 @@
 """ADM-protocol metrics: IS, FID, sFID, precision and recall on the 2015-12-05 FID Inception.
 
 ``inception`` (network + weights), ``inception_features`` (uint8 images -> features),
-``frechet``, ``inception_score``, ``precision_recall`` (the metrics), ``npz``
-(ADM batch files), ``suite`` (all of them, as ADM's evaluator.py reports them).
+``frechet``, ``inception_score``, ``precision_recall``, ``kid``, ``density_coverage``
+(the metrics), ``bootstrap`` (their intervals), ``encoders`` (other representations:
+a user's TorchScript encoder), ``cache`` (reference features), ``npz`` (ADM batch
+files), ``suite`` (all of them, as ADM's evaluator.py reports them, and more).
 """
 from .inception_features import Features, extract_inception_features, npz_features, to_uint8
 from .frechet import frechet_distance, gaussian_stats
