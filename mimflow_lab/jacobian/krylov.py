@@ -48,13 +48,25 @@ def _empty_result(v0: Tensor) -> Eigenpair:
     )
 
 
+def _lanczos_step(apply: Apply, V: Tensor, active: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One Lanczos step from the basis ``V`` (b, j+1, n): the new direction w ⟂ V, α_j and β_j = ‖w‖.
+
+    Full reorthogonalisation (classical Gram–Schmidt, applied twice: "twice is
+    enough", Kahan/Parlett) keeps the basis orthonormal to working precision.
+    """
+    w = apply(V[:, -1], active)
+    a = torch.einsum("bn,bn->b", w, V[:, -1])
+    for _ in range(2):
+        w = w - torch.einsum("bkn,bk->bn", V, torch.einsum("bkn,bn->bk", V, w))
+    return w, a, w.norm(dim=-1)
+
+
 def lanczos_top(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int = 300,
                 on_finished: Progress | None = None) -> Eigenpair:
     """Largest eigenpair by Lanczos with full reorthogonalisation, one problem per row.
 
-    Full reorthogonalisation (classical Gram–Schmidt, applied twice) keeps the
-    basis orthonormal to working precision, so no ghost copies of converged
-    eigenvalues appear and the residual bound ``β_j |s_j|`` of the top Ritz
+    Full reorthogonalisation keeps the basis orthonormal to working precision,
+    so no ghost copies of converged eigenvalues appear and the residual bound ``β_j |s_j|`` of the top Ritz
     pair is the true residual ‖A x − θ x‖. A sample stops when that residual
     falls below ``tol·θ`` (or the Krylov space becomes invariant); unlike power
     iteration, convergence does not stall when the top two eigenvalues are close.
@@ -70,11 +82,7 @@ def lanczos_top(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int = 300
         if active.numel() == 0:
             break
         V = torch.stack([q[active] for q in basis], dim=1)  # (b, j+1, n)
-        w = apply(V[:, j], active)
-        a = torch.einsum("bn,bn->b", w, V[:, j])
-        for _ in range(2):  # "twice is enough" (Kahan/Parlett)
-            w = w - torch.einsum("bkn,bk->bn", V, torch.einsum("bkn,bn->bk", V, w))
-        b = w.norm(dim=-1)
+        w, a, b = _lanczos_step(apply, V, active)
         alpha[active, j] = a
         beta[active, j] = b
         T = torch.diag_embed(alpha[active, : j + 1])
@@ -101,6 +109,60 @@ def lanczos_top(apply: Apply, v0: Tensor, tol: float = 1e-6, max_iter: int = 300
         basis.append(nxt)
         active = active[~finished]
     return out
+
+
+@dataclass
+class Quadrature:
+    """Per-row Gauss quadrature of the spectral measure μ_v = Σᵢ (uᵢᵀv)² δ(λᵢ) of A for a unit start v.
+
+    vᵀ f(A) v ≈ Σ_k weights_k f(nodes_k); the rule with m nodes is exact for
+    polynomials of degree < 2m. A row whose Krylov space became invariant
+    after fewer steps has that many nodes; the rest are padding (node 1,
+    weight 0), so sums over nodes need no mask.
+    """
+
+    nodes: Tensor  # (B, m) Ritz values θ_k, the eigenvalues of the Lanczos matrix T
+    weights: Tensor  # (B, m) squared first components of T's eigenvectors; sum to 1 per row
+    steps: Tensor  # (B,) Lanczos steps taken (nodes in use)
+
+
+def lanczos_quadrature(apply: Apply, v0: Tensor, steps: int, on_finished: Progress | None = None) -> Quadrature:
+    """``steps`` Lanczos steps per row from ``v0`` (no convergence test), kept as the Gauss rule of T.
+
+    Stochastic Lanczos quadrature needs the whole tridiagonal T, not one
+    converged Ritz pair, so a row stops early only when its Krylov space is
+    invariant (β below rounding, then the rule is exact). Full
+    reorthogonalisation costs O(m² n) per row, small beside m operator
+    products at m ≲ 100, and keeps spurious copies of the extreme Ritz values
+    from stealing weight from the interior of the measure.
+    """
+    B, n = v0.shape
+    steps = min(steps, n)
+    V = v0.new_zeros(B, steps + 1, n)
+    V[:, 0] = _unit(v0)
+    alpha, beta = v0.new_zeros(B, steps), v0.new_zeros(B, steps)
+    length = torch.full((B,), steps, dtype=torch.long, device=v0.device)
+    active = torch.arange(B, device=v0.device)
+    for j in range(steps):
+        if active.numel() == 0:
+            break
+        basis = V[:, : j + 1] if active.numel() == B else V[active, : j + 1]  # a view while no row has stopped
+        w, a, b = _lanczos_step(apply, basis, active)
+        alpha[active, j], beta[active, j] = a, b
+        scale = alpha[active, : j + 1].abs().amax(-1)
+        finished = (b <= 64 * torch.finfo(b.dtype).eps * scale) | (j + 1 == steps)
+        length[active[finished]] = j + 1
+        if on_finished is not None and finished.any():
+            on_finished(int(finished.sum()))
+        V[active, j + 1] = w / b.clamp_min(torch.finfo(b.dtype).tiny)[:, None]
+        active = active[~finished]
+    nodes, weights = v0.new_ones(B, steps), v0.new_zeros(B, steps)
+    for m in length.unique().tolist():
+        rows = torch.nonzero(length == m).flatten()
+        off = torch.diag_embed(beta[rows, : m - 1], offset=1)
+        theta, s = torch.linalg.eigh(torch.diag_embed(alpha[rows, :m]) + off + off.mT)
+        nodes[rows, :m], weights[rows, :m] = theta, s[:, 0] ** 2
+    return Quadrature(nodes=nodes, weights=weights, steps=length)
 
 
 def conjugate_gradient(
