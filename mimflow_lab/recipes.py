@@ -29,6 +29,7 @@ REQUIRED = ("title", "result", "figure", "plot", "command")
 RENDERERS: dict[str, tuple[str, str]] = {
     "umap": ("mimflow_lab.umap.plot", "plot_umap"),
     "jacobian": ("mimflow_lab.jacobian.plot", "plot_jacobian"),
+    "jacobian_spectrum": ("mimflow_lab.jacobian.plot", "plot_spectrum"),
     "probe": ("mimflow_lab.probe.plot", "plot_probe"),
     "tab5a": ("mimflow_lab.tables", "render_tab5a"),
     "tab10": ("mimflow_lab.tables", "render_tab10"),

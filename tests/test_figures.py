@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from mimflow_core.errors import MIMFlowError
 from mimflow_lab.cli import cli, main
-from mimflow_lab.recipes import LEGACY_NAMES, RENDERERS, load_recipes, redraw_all
+from mimflow_lab.recipes import LEGACY_NAMES, load_recipes, redraw_all
 from mimflow_lab.tables import render_tab5a, render_tab10
 
 ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
@@ -21,15 +21,16 @@ ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
 
 def test_recipes_cover_every_paper_artefact():
     from mimflow_lab.jacobian import plot_jacobian
+    from mimflow_lab.jacobian.plot import plot_spectrum
     from mimflow_lab.probe import plot_probe
     from mimflow_lab.umap import plot_umap
 
     recipes = {r.name: r for r in load_recipes(ANALYSES)}
     assert {name: r.plot for name, r in recipes.items()} == {
-        "fig4_umap": "umap", "fig5_jacobian": "jacobian", "fig6_probe": "probe", "tab5a_masking": "tab5a",
-        "tab10_tokens": "tab10"}
+        "fig4_umap": "umap", "fig5_jacobian": "jacobian", "fig5b_spectrum": "jacobian_spectrum",
+        "fig6_probe": "probe", "tab5a_masking": "tab5a", "tab10_tokens": "tab10"}
     functions = {"umap": plot_umap, "jacobian": plot_jacobian, "probe": plot_probe, "tab5a": render_tab5a,
-                 "tab10": render_tab10}
+                 "tab10": render_tab10, "jacobian_spectrum": plot_spectrum}
     for recipe in recipes.values():
         assert recipe.plot_function() is functions[recipe.plot], recipe.name
 
@@ -38,7 +39,7 @@ def test_old_module_function_spelling_is_accepted_for_the_registered_renderers(t
     for spelling, name in LEGACY_NAMES.items():
         (tmp_path / f"{name}.toml").write_text(f'title = "t"\nresult = "r"\nfigure = "f"\nplot = "{spelling}"\n'
                                               f'command = "c"\n')
-    assert [(r.name, r.plot) for r in load_recipes(tmp_path)] == [(name, name) for name in sorted(RENDERERS)]
+    assert [(r.name, r.plot) for r in load_recipes(tmp_path)] == [(n, n) for n in sorted(LEGACY_NAMES.values())]
 
 
 def test_missing_results_are_named_with_their_command(tmp_path):
@@ -53,6 +54,7 @@ def test_missing_results_are_named_with_their_command(tmp_path):
 def test_damaged_results_are_named_with_their_problem_and_the_others_still_drawn(tmp_path):
     results = tmp_path / "results"
     damage = {"umap/umap.json": '{"panels": 5}', "jacobian/jacobian.json": '{"models": [{"summary": ',
+              "jacobian_spectrum/jacobian.json": '{"models": []}',
               "probe/probe.json": "[1, 2, 3]", "tab10/tokens.json": '{"rows": [{"K": "x"}]}'}
     for name, text in damage.items():
         (results / name).parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,7 @@ def test_damaged_results_are_named_with_their_problem_and_the_others_still_drawn
                                       "--out", str(tmp_path / "figs")])
     assert result.exit_code == 1
     expected = {"fig4_umap": "KeyError: 'embedding_file'", "fig5_jacobian": "cannot read result JSON",
+                "fig5b_spectrum": "jacobian.json has no spectrum: run mimflow-lab jacobian with --spectrum",
                 "fig6_probe": "holds a JSON object, not list", "tab10_tokens": "not a tab10 result (ValueError",
                 "tab5a_masking": "cannot read result JSON ('utf-8' codec"}
     for recipe in load_recipes(ANALYSES):
@@ -208,7 +211,7 @@ def test_recipe_cannot_run_a_script(tmp_path):
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
-    assert "evil.toml: plot 'os:execl' is not a registered renderer (valid: jacobian, probe, tab10, tab5a, umap)" \
+    assert "evil.toml: plot 'os:execl' is not a registered renderer (valid: jacobian, jacobian_spectrum, probe, tab10, tab5a, umap)" \
         in lines[0]
     assert not (tmp_path / "pwned").exists() and _tree(tmp_path) == before
 

@@ -216,3 +216,65 @@ def test_bad_input_is_one_line_and_exit_code_2(run, tmp_path, capsys, case, need
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ --spectrum and --per-block (Figure 5b)
+def _exact_blocks(ckpt, z, y):
+    """svdvals of every block's Jacobian at the point it sees, and of the whole flow's, by plain jacrev."""
+    model, _ = load_model(ckpt)
+    flow = model.flow.double()
+    blocks, x, whole = [], z, None
+    with math_attention():
+        for block in flow.blocks:
+            f = lambda v, label, block=block: block(v.view(1, K, D), label)[0].reshape(-1)  # noqa: E731
+            J = torch.stack([torch.func.jacrev(f)(x[i].reshape(-1), y[i:i + 1]) for i in range(len(z))]).detach()
+            blocks.append(torch.linalg.svdvals(J))
+            whole = J if whole is None else J @ whole
+            x = block(x, y)[0]
+    return blocks, torch.linalg.svdvals(whole)
+
+
+def test_spectrum_and_per_block_for_both_models(run, tmp_path, capsys):
+    from scipy.stats import wasserstein_distance
+
+    root, a, b, _, _ = run
+    out = tmp_path / "out"
+    main(["jacobian", str(a), "--compare", str(b), "--samples", "3", "--batch-size", "2", "--spectrum",
+          "--per-block", "--out", str(out)])
+    assert "spectrum: " in capsys.readouterr().out
+    result = json.loads((out / "jacobian.json").read_text())
+    edges = np.asarray(result["spectrum_bin_edges_log10_sigma"])
+    with np.load(out / "latents.npz") as f:
+        latents = [torch.from_numpy(f[k]) for k in ("z", "z_compare")]
+        y = torch.from_numpy(f["y"])
+    for entry, ckpt, z in zip(result["models"], (a, b), latents):
+        assert {"sigma_max", "sigma_min", "kappa", "ok", "checks", "products"} <= entry["samples"][0].keys()
+        blocks, whole = _exact_blocks(ckpt, z, y)
+        for i, s in enumerate(entry["samples"]):
+            per_block, spectrum = s["per_block"], s["spectrum"]
+            assert per_block["ok"] and spectrum["ok"], (spectrum["slq_logdet"], spectrum["slq_logdet_se"], spectrum["exact_logdet"])
+            for blk, sv in zip(per_block["blocks"], blocks):
+                assert blk["sigma_max"] == pytest.approx(sv[i, 0].item(), rel=1e-4)
+                assert blk["sigma_min"] == pytest.approx(sv[i, -1].item(), rel=1e-4)
+            exact = whole[i].log10().numpy()
+            w1 = wasserstein_distance(exact, spectrum["nodes_log10_sigma"], None, spectrum["weights"])
+            assert w1 <= 0.05
+            assert spectrum["exact_logdet"] == pytest.approx(whole[i].log().sum().item(), abs=1e-8)
+            assert np.allclose(spectrum["histogram"], np.histogram(spectrum["nodes_log10_sigma"], edges,
+                                                                   weights=spectrum["weights"])[0])
+        assert entry["summary"]["spectrum"]["n_certified"] == 3 and entry["summary"]["per_block"]["n_ok"] == 3
+    assert (out / "fig5b_spectrum.png").stat().st_size > 10_000 and (out / "fig5b_spectrum.pdf").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--method", "paper"], "--spectrum combines with --method fast only"),
+    (["--method", "exact"], "--spectrum combines with --method fast only"),
+    (["--probes", "0"], "--probes 0, --lanczos-steps 40: need at least 2 probes"),
+    (["--lanczos-steps", "-3"], "--lanczos-steps -3"),
+])
+def test_bad_spectrum_settings_are_one_line_and_exit_code_2(run, tmp_path, capsys, flags, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["jacobian", str(run[1]), "--spectrum", *flags, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "out").exists()

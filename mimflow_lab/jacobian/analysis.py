@@ -28,6 +28,8 @@ from mimflow_core.npz import load_npz
 from .certificates import certify
 from .estimators import METHODS, estimate
 from .operators import FlowJacobian
+from .per_block import analyse_blocks
+from .spectrum import BIN_EDGES, PROBES, analyse_density
 
 EXACT_MAX_DIM = 8192
 
@@ -47,6 +49,11 @@ class Settings:
     seed: int = 0
     tol: float = 1e-6
     max_products: int = 20000  # per sample, paper route only
+    spectrum: bool = False  # SLQ density of log σ per sample (spectrum.py)
+    probes: int = 8  # n_v, probes per sample of the density
+    lanczos_steps: int = 40  # m, Lanczos steps per probe and end
+    probe: str = "rademacher"  # "rademacher" | "gaussian"
+    per_block: bool = False  # σmax, σmin, κ, log|det| of every block's own Jacobian (per_block.py)
 
 
 def check_settings(s: Settings) -> None:
@@ -56,6 +63,14 @@ def check_settings(s: Settings) -> None:
         raise MIMFlowError("--samples and --batch must be positive")
     if s.source not in ("data", "samples", "file"):
         raise MIMFlowError(f"--source: unknown source {s.source!r}; choose data or samples")
+    if s.spectrum and s.method != "fast":
+        raise MIMFlowError(f"--spectrum combines with --method fast only (it needs the exact inverse products "
+                           f"and is the estimate --method {s.method} would be checked against)")
+    if s.spectrum and s.probe not in PROBES:
+        raise MIMFlowError(f"--probe: unknown probe {s.probe!r}; choose one of {', '.join(PROBES)}")
+    if s.spectrum and (s.probes < 2 or s.lanczos_steps < 1):
+        raise MIMFlowError(f"--probes {s.probes}, --lanczos-steps {s.lanczos_steps}: need at least 2 probes "
+                           f"(the certificate's standard error) and 1 step")
 
 
 def prepare_flow(model, blocks: int | None, ckpt: str | os.PathLike):
@@ -211,6 +226,16 @@ def summarise(records: list[dict]) -> dict:
             "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
             "p05": float(np.percentile(v, 5)), "p95": float(np.percentile(v, 95)),
         }
+    spectra = [r["spectrum"] for r in records if "spectrum" in r]
+    if spectra:
+        out["spectrum"] = {"n_certified": sum(s["ok"] for s in spectra), "median_fraction_below": {
+            k: float(np.median([s["fraction_below"][k] for s in spectra])) for k in spectra[0]["fraction_below"]}}
+    blocks = [r["per_block"] for r in records if "per_block" in r]
+    if blocks:
+        column = lambda key: np.array([[b[key] for b in p["blocks"]] for p in blocks])  # noqa: E731 (sample × block)
+        out["per_block"] = {"n_ok": sum(p["ok"] for p in blocks),
+                            "median_log10_kappa": np.median(column("log10_kappa"), 0).tolist(),
+                            "median_share_log_kappa": np.median(column("share_log_kappa"), 0).tolist()}
     return out
 
 
@@ -226,20 +251,32 @@ def analyse_flow(flow, z: Tensor, y: Tensor, settings: Settings, done: dict[int,
                "paper": {"tol": settings.tol, "max_products": settings.max_products}}[settings.method]
     starts = list(range(0, z.shape[0], settings.batch))
     device = next(flow.parameters()).device
-    resumed = sum(len(done[start]) for start in starts if start in done)
+    passes = 1 + settings.spectrum + settings.per_block  # the bar counts samples × analyses
+    resumed = sum(len(done[start]) for start in starts if start in done) * passes
     # per sample, not per batch: a batch of 32 ill-conditioned latents can take many minutes on a CPU
-    with tqdm(total=z.shape[0], initial=resumed, desc=desc, unit="sample", leave=False,
+    with tqdm(total=z.shape[0] * passes, initial=resumed, desc=desc, unit="sample", leave=False,
               bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]") as bar:
         for start in starts:
             if start in done:
                 continue
             index = torch.arange(start, min(start + settings.batch, z.shape[0]))
-            op = FlowJacobian(flow, z[index].to(device), y[index].to(device), settings.blocks)
+            zb, yb = z[index].to(device), y[index].to(device)
+            op = FlowJacobian(flow, zb, yb, settings.blocks)
             before = bar.n
-            est = estimate(op, settings.method, seeds=settings.seed * 1_000_003 + 2 * index, progress=bar.update,
-                           **options)
+            seeds = settings.seed * 1_000_003 + 2 * index
+            est = estimate(op, settings.method, seeds=seeds, progress=bar.update, **options)
             bar.update(before + len(index) - bar.n)  # samples stopped by the iteration cap count as done too
             done[start] = sample_records(est, certify(op, est), index, y[index])
+            if settings.spectrum:
+                extras = analyse_density(flow, zb, yb, seeds, settings.blocks, settings.probes,
+                                         settings.lanczos_steps, settings.probe, bar.update)
+                for r, extra in zip(done[start], extras):
+                    r["spectrum"] = extra
+            if settings.per_block:
+                for r, extra in zip(done[start], analyse_blocks(flow, zb, yb, seeds, est, settings.blocks,
+                                                                settings.tol, bar.update)):
+                    r["per_block"] = extra
+            bar.update(before + passes * len(index) - bar.n)
             for r in done[start]:
                 r["seconds"] = est.seconds / len(index)
             if on_batch is not None:
@@ -297,7 +334,7 @@ def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Setti
     from mimflow_core.distributed import resolve_device
     from mimflow_lab import load_model
 
-    from .plot import plot_jacobian
+    from .plot import plot_jacobian, plot_spectrum
 
     check_settings(settings)
     out = Path(out)  # created by the first write, once the inputs have passed their checks
@@ -342,7 +379,11 @@ def run_jacobian(checkpoints: list[str], out: str | os.PathLike, settings: Setti
     if data.indices is not None:
         settings_dict["indices"] = data.indices.tolist()
     result = {"settings": settings_dict, "latents": "latents.npz", "models": models}
+    if settings.spectrum:
+        result["spectrum_bin_edges_log10_sigma"] = BIN_EDGES.tolist()
     write_json(out / "jacobian.json", result)
     partial_path.unlink(missing_ok=True)
     result["figure"] = plot_jacobian(result, out / "fig5_jacobian")
+    if settings.spectrum:
+        result["figure_5b"] = plot_spectrum(result, out / "fig5b_spectrum")
     return result
