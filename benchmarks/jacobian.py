@@ -10,7 +10,14 @@ on sample 0). The paper route and svds get a product budget; a route that
 runs out is reported as not converged with the error it had reached. Then
 the throughput of a batch of 32 against one sample at a time.
 
+Then (issue 12) the whole spectrum and the per-block analysis on the same
+latents: seconds per sample of ``--spectrum`` (SLQ, both ends) against exact
+jacrev + svdvals, with the Wasserstein-1 distance of the SLQ density from
+the exact one in log10 σ, and the cost of ``--per-block`` relative to the
+whole-flow ``fast`` route. ``--only-spectrum`` runs that part alone.
+
     python benchmarks/jacobian.py --json results/bench/jacobian.json
+    python benchmarks/jacobian.py --only-spectrum --spectrum-samples 2
 """
 from __future__ import annotations
 
@@ -65,6 +72,42 @@ def row(name, est_max, est_min, ref, products, seconds, converged, note=""):
             "converged": converged, "note": note}
 
 
+def spectrum_rows(flow, z: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor, probes: int, steps: int) -> dict:
+    """SLQ density vs exact jacrev + svdvals, one run on the same latents; per-block vs whole-flow fast."""
+    from scipy.stats import wasserstein_distance
+
+    from mimflow_lab.jacobian.per_block import analyse_blocks
+    from mimflow_lab.jacobian.spectrum import analyse_density
+
+    n = z.shape[0]
+    t0 = time.perf_counter()
+    density = analyse_density(flow, z, y, seeds, probes=probes, steps=steps)
+    t_slq = (time.perf_counter() - t0) / n
+    exact, w1 = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        sv = torch.linalg.svdvals(FlowJacobian(flow, z[i:i + 1], y[i:i + 1]).dense(0))
+        exact.append(time.perf_counter() - t0)
+        w1.append(wasserstein_distance(sv.log10().numpy(), density[i]["nodes_log10_sigma"], None,
+                                       density[i]["weights"]))
+    t0 = time.perf_counter()
+    whole = estimate(FlowJacobian(flow, z, y), "fast", seeds, tol=TOL)
+    t_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    blocks = analyse_blocks(flow, z, y, seeds, whole, tol=TOL)
+    t_blocks = time.perf_counter() - t0
+    out = {"samples": n, "probes": probes, "steps": steps, "slq_s_per_sample": t_slq,
+           "exact_s_per_sample": float(np.mean(exact)), "speedup": float(np.mean(exact)) / t_slq, "w1_decades": w1,
+           "certified": [r["ok"] for r in density], "fast_s": t_fast, "per_block_s": t_blocks,
+           "per_block_over_fast": t_blocks / t_fast, "bounds_ok": [r["ok"] for r in blocks]}
+    print(f"\n| D | samples | m x n_v | SLQ s/sample | jacrev+svdvals s/sample | speed-up | W1 (decades) | certified |"
+          f"\n|---|---|---|---|---|---|---|---|\n| {z[0].numel()} | {n} | {steps} x {probes} | {t_slq:.1f} | "
+          f"{out['exact_s_per_sample']:.1f} | {out['speedup']:.1f}x | {max(w1):.3f} | {sum(out['certified'])}/{n} |")
+    print(f"per-block: {t_blocks:.1f} s vs whole-flow fast {t_fast:.1f} s -> {out['per_block_over_fast']:.1f}x "
+          f"({len(flow.blocks)} blocks; bounds hold for {sum(out['bounds_ok'])}/{n})")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--std", type=float, default=0.045, help="std of the random output projections (sets κ)")
@@ -75,6 +118,10 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=1000, help="product budget per sample for paper and svds")
     p.add_argument("--throughput-batch", type=int, default=32)
     p.add_argument("--single", type=int, default=4, help="samples timed one at a time")
+    p.add_argument("--spectrum-samples", type=int, default=2, help="latents for the spectrum/per-block rows")
+    p.add_argument("--probes", type=int, default=8, help="n_v of --spectrum")
+    p.add_argument("--lanczos-steps", type=int, default=40, help="m of --spectrum")
+    p.add_argument("--only-spectrum", action="store_true", help="only the spectrum and per-block rows")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.manual_seed(0)
@@ -88,6 +135,14 @@ def main() -> None:
     seeds = torch.arange(n) * 2
     print(f"flow: 4 blocks x 2 layers, width {args.width}, D = {config.latent_numel}, "
           f"torch threads {torch.get_num_threads()}")
+
+    if args.only_spectrum:
+        k = args.spectrum_samples
+        result = spectrum_rows(flow, z[:k], y[:k], seeds[:k], args.probes, args.lanczos_steps)
+        if args.json:
+            write_json(args.json, {"spectrum": result, "settings": vars(args),
+                                   "torch_threads": torch.get_num_threads()})
+        return
 
     def run(method, count, **options):
         op = FlowJacobian(flow, z[:count], y[:count])
@@ -165,8 +220,10 @@ def main() -> None:
     print("\ntargets (a paper row that ran out of budget makes its ratio a lower bound):")
     for name, value in targets.items():
         print(f"  {name}: {value:.1f}" if value is not None else f"  {name}: no sample with kappa >= 100")
+    k = args.spectrum_samples
+    spectrum = spectrum_rows(flow, z[:k], y[:k], seeds[:k], args.probes, args.lanczos_steps)
     if args.json:
-        write_json(args.json, {"rows": rows, "targets": targets, "kappa": kappa.tolist(),
+        write_json(args.json, {"rows": rows, "spectrum": spectrum, "targets": targets, "kappa": kappa.tolist(),
                                "exact_seconds": {"jacrev": t_jac, "total": t_exact},
                                "throughput": {"batch": B, "batched_s_per_sample": per_batched,
                                               "single_s_per_sample": per_single},

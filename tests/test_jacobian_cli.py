@@ -239,7 +239,7 @@ def test_spectrum_and_per_block_for_both_models(run, tmp_path, capsys):
 
     root, a, b, _, _ = run
     out = tmp_path / "out"
-    main(["jacobian", str(a), "--compare", str(b), "--samples", "3", "--batch-size", "2", "--spectrum",
+    main(["jacobian", str(a), "--compare", str(b), "--samples", "2", "--batch-size", "2", "--spectrum",
           "--per-block", "--out", str(out)])
     assert "spectrum: " in capsys.readouterr().out
     result = json.loads((out / "jacobian.json").read_text())
@@ -252,7 +252,8 @@ def test_spectrum_and_per_block_for_both_models(run, tmp_path, capsys):
         blocks, whole = _exact_blocks(ckpt, z, y)
         for i, s in enumerate(entry["samples"]):
             per_block, spectrum = s["per_block"], s["spectrum"]
-            assert per_block["ok"] and spectrum["ok"], (spectrum["slq_logdet"], spectrum["slq_logdet_se"], spectrum["exact_logdet"])
+            assert per_block["ok"] and spectrum["ok"], (spectrum["slq_logdet"], spectrum["slq_logdet_se"],
+                                                         spectrum["exact_logdet"])
             for blk, sv in zip(per_block["blocks"], blocks):
                 assert blk["sigma_max"] == pytest.approx(sv[i, 0].item(), rel=1e-4)
                 assert blk["sigma_min"] == pytest.approx(sv[i, -1].item(), rel=1e-4)
@@ -262,7 +263,7 @@ def test_spectrum_and_per_block_for_both_models(run, tmp_path, capsys):
             assert spectrum["exact_logdet"] == pytest.approx(whole[i].log().sum().item(), abs=1e-8)
             assert np.allclose(spectrum["histogram"], np.histogram(spectrum["nodes_log10_sigma"], edges,
                                                                    weights=spectrum["weights"])[0])
-        assert entry["summary"]["spectrum"]["n_certified"] == 3 and entry["summary"]["per_block"]["n_ok"] == 3
+        assert entry["summary"]["spectrum"]["n_certified"] == 2 and entry["summary"]["per_block"]["n_ok"] == 2
     assert (out / "fig5b_spectrum.png").stat().st_size > 10_000 and (out / "fig5b_spectrum.pdf").exists()
 
 

@@ -53,7 +53,7 @@ def _trained_flow(K: int, D: int, steps: int = 30):
 
 @pytest.fixture(scope="module", params=["random", "trained"])
 def case(request):
-    K, D = (16, 8) if request.param == "random" else (8, 8)
+    K, D = (8, 16) if request.param == "random" else (8, 8)
     flow = perturbed_flow(_config(K, D), std=0.08, seed=1) if request.param == "random" else _trained_flow(K, D)
     z = torch.randn(3, K, D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([1, -1, 4])

@@ -66,13 +66,13 @@ class SpectralDensity:
     seconds: float
 
     @property
-    def dim_log(self) -> Tensor:
-        """(B, n_v) per-probe estimates of Σ log σᵢ = D·‖v‖²/D·Σ_k τ_k ln σ_k."""
+    def mean_log(self) -> Tensor:
+        """(B, n_v) per-probe estimates of the mean of ln σᵢ: (‖v‖²/D)·Σ_k τ_k ln σ_k."""
         return self.scale * (self.weights * self.nodes).sum(-1) * math.log(10)
 
     def trace(self, dim: int) -> tuple[Tensor, Tensor]:
         """SLQ estimate of ½ tr log(JᵀJ) = Σ log σᵢ (mean over probes) and its standard error over probes."""
-        per_probe = dim * self.dim_log
+        per_probe = dim * self.mean_log
         n = per_probe.shape[1]
         se = per_probe.std(1) / math.sqrt(n) if n > 1 else torch.full_like(per_probe[:, 0], math.inf)
         return per_probe.mean(1), se
@@ -120,7 +120,7 @@ def _log_sigma_rule(apply, v: Tensor, steps: int, shape: tuple[int, int], on_fin
 
 
 def _merge(top: Tensor, top_w: Tensor, inv: Tensor, inv_w: Tensor, split: Tensor) -> tuple[Tensor, Tensor]:
-    """One rule per probe: J⁻ᵀJ⁻¹'s nodes below ``split`` (ln σ), JᵀJ's above; mass below = the two ends' mean."""
+    """One rule per probe: J⁻ᵀJ⁻¹'s nodes below ``split`` (ln σ), JᵀJ's above; mass below: the ends' mean."""
     cut = split[:, None, None]
     below_top = (top_w * (top < cut)).sum(-1, keepdim=True)
     below_inv = (inv_w * (inv < cut)).sum(-1, keepdim=True)
