@@ -83,11 +83,13 @@ def spectrum_rows(flow, z: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor, p
     t0 = time.perf_counter()
     density = analyse_density(flow, z, y, seeds, probes=probes, steps=steps)
     t_slq = (time.perf_counter() - t0) / n
+    print(f"SLQ (m = {steps}, n_v = {probes}, both ends): {t_slq:.1f} s/sample", flush=True)  # a killed run keeps it
     exact, w1 = [], []
     for i in range(n):
         t0 = time.perf_counter()
         sv = torch.linalg.svdvals(FlowJacobian(flow, z[i:i + 1], y[i:i + 1]).dense(0))
         exact.append(time.perf_counter() - t0)
+        print(f"exact sample {i}: jacrev + svdvals {exact[-1]:.1f} s", flush=True)
         w1.append(wasserstein_distance(sv.log10().numpy(), density[i]["nodes_log10_sigma"], None,
                                        density[i]["weights"]))
     t0 = time.perf_counter()
