@@ -220,7 +220,9 @@ CPU_RECIPE = TrainRecipe(lr=1e-3, warmup_steps=50, flow_weight=0.03, batch_size=
 
 TRAIN_RECIPES: dict[str, TrainRecipe] = {
     "tiny": CPU_RECIPE,
-    "digits": CPU_RECIPE,
+    # batch 16: a step costs half of batch 32's, and 1874 steps of 16 beat 937 of 32 at equal time (one MIMFlow,
+    # 180 samples at cfg 1: FID 59.5 -> 46.8, precision 0.30 -> 0.59, recall 0.18 -> 0.37, PSNR 21.0 -> 21.3 dB)
+    "digits": dataclasses.replace(CPU_RECIPE, batch_size=16),
     # beta's balance K * D / (C * H * W) is tiny's (512 / 12288); 64 px images, no README run: batch 64
     "small": dataclasses.replace(CPU_RECIPE, batch_size=64),
     "base": PAPER_RECIPE,

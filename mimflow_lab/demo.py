@@ -34,7 +34,7 @@ from mimflow_core.errors import MIMFlowError
 # The digits recipe (README "The digits recipe"): the `digits` preset (the tiny preset's 64 patches of 4 px, with
 # 3-layer encoder and decoder and MLP ratio 2: the same held-out PSNR per step at ~0.6x the cost) and its training
 # recipe, which `train` takes from mimflow_core.config.TRAIN_RECIPES (lr 1e-3 after a 50-step warm-up, beta 0.03,
-# batch 32).
+# batch 16).
 PRESET = "digits"
 GRID_CFG = 2.0               # guidance of the sample grids: the class each row shows is plain
 FID_CFG = 1.0                # guidance of the FID samples: none. Measured on a 1000-step model, 140 samples: FID
