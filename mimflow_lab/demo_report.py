@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mimflow_core.atomic import write_json
-from mimflow_lab.demo import FID_CFG, FULL_MODELS, MODELS, Budget, Stage
+from mimflow_core.config import get_recipe
+from mimflow_lab.demo import FID_CFG, FULL_MODELS, MODELS, PRESET, Budget, Stage
 from mimflow_lab.tables import read_result
 
 RULE = __doc__.split("\n\n")[1].replace("\n", " ")  # the verdict rule, as the module docstring states it
@@ -247,9 +248,10 @@ def render_report(out: Path, budget: Budget, stages: list[Stage], drawn, timings
     """report.md: models with grids and held-out reconstruction, generation metrics, Table 5a, findings, figures."""
     results = out / "results"
     c = budget.costs
+    batch = get_recipe(PRESET).batch_size
     lines = ["# MIMFlow Lab demo report", "",
              f"Small MIMFlow models (the `digits` preset) trained on scikit-learn's digits (32 px, CPU): {budget.steps} phase-1 steps of "
-             f"32 images per model, {budget.fid_samples} samples per FID. Budget {budget.minutes:g} min, this run "
+             f"{batch} images per model, {budget.fid_samples} samples per FID. Budget {budget.minutes:g} min, this run "
              f"{seconds / 60:.1f} min ({budget.jobs} jobs x {c.threads} threads; measured at start: {c.step_s:.2f} s "
              f"per training step, {c.inception_images_s:.1f} Inception images/s per job). Every number below is "
              f"read from the result files in `{results}`; rerunning `mimflow-lab demo --out {out}` resumes and "
