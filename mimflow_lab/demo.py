@@ -74,6 +74,10 @@ STEPS_FACTOR = {"starflow": 2}
 # included): jacobian x2, probe, umap (numba's first compile included); and ~4 s of start-up per other process.
 ANALYSIS_CORE_S = 150.0
 STARTUP_CORE_S = 4.0
+# What an Inception process (fid, evaluate, ref-stats) spends beyond its images at the measured rate: loading the
+# network, sampling or reconstructing, writing. Measured 2026-12-03: each 110-sample fid took 49-58 s where its
+# images account for 31 s, ref-stats 119 s for 86 s; without this term a 20-minute plan took 21.1 min.
+INCEPTION_START_CORE_S = 20.0
 RECIPES = Path(__file__).resolve().parents[1] / "analyses"
 # Table 10 times the flow per token count: a benchmark (benchmarks/flow_tokens.py), not part of the demo.
 DEMO_RECIPES = ("fig4_umap", "fig5_jacobian", "fig6_probe", "tab5a_masking")
@@ -201,7 +205,8 @@ class Budget:
         evaluations = len(models) + rows + 2   # gFID per model, rFID per Table 5a row, the untrained, real digits
         fid_samples = int(0.15 * max(core_s - fixed, 0) * costs.inception_images_s / evaluations)
         fid_samples = max(10, min(1000, fid_samples - fid_samples % 10))
-        inception_s = (fid_samples * evaluations + REF_IMAGES) / costs.inception_images_s
+        inception_s = ((fid_samples * evaluations + REF_IMAGES) / costs.inception_images_s
+                       + INCEPTION_START_CORE_S * (evaluations + 1))
         step_units = len(models) + GAN_STEP_FRACTION * 0.5   # a phase-2 step trains only the decoder
         steps = int(max(core_s - fixed - inception_s, 0) / (costs.step_s * step_units))
         steps = max(10, min(5000, steps))

@@ -33,6 +33,19 @@ def test_budget_sizes_the_work_to_the_minutes_and_the_measured_costs():
         Budget.plan(0, COSTS)
 
 
+def test_every_inception_process_is_charged_its_start_up(monkeypatch):
+    """10 Inception processes (a gFID per model, an rFID per Table 5a row, the untrained, the ceiling, ref-stats)
+    at INCEPTION_START_CORE_S each come out of the training steps, nothing else changes."""
+    import mimflow_lab.demo as demo
+
+    charged, start_s = Budget.plan(20, COSTS), demo.INCEPTION_START_CORE_S
+    monkeypatch.setattr(demo, "INCEPTION_START_CORE_S", 0.0)
+    free = Budget.plan(20, COSTS)
+    step_units = len(MODELS) + demo.GAN_STEP_FRACTION * 0.5
+    expected = 10 * start_s / (COSTS.step_s * step_units)
+    assert abs((free.steps - charged.steps) - expected) <= 1 and free.fid_samples == charged.fid_samples
+
+
 @pytest.mark.parametrize("effect,noise,expected", [
     (5.0, 1.0, "agrees"), (-5.0, 1.0, "disagrees"), (1.5, 1.0, "cannot tell at this scale"),
     (-1.5, 1.0, "cannot tell at this scale"), (0.1, 0.0, "agrees"), (None, 1.0, "cannot tell at this scale"),
