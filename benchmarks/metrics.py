@@ -206,7 +206,7 @@ def bench_bootstrap_neighbours(n: int = 10_000, dim: int = 2048, replicates: int
     real = np.abs(rng.standard_normal((n, dim), dtype=np.float32))
     fake = np.abs(rng.standard_normal((n, dim), dtype=np.float32)) * 1.05
     start = time.perf_counter()
-    inside, _ = inside_masks(real, fake)
+    inside = inside_masks(real, fake)[0]
     counts, _, pairs = ball_counts(real, fake, keep_pairs=True)
     prepare = time.perf_counter() - start
     start = time.perf_counter()

@@ -31,6 +31,7 @@ from mimflow_lab.metrics.bootstrap import Bootstrap
 from mimflow_lab.metrics.cache import reference_encoder_features, reference_features
 from mimflow_lab.metrics.encoders import Encoder, EncoderSpec, load_encoders
 from mimflow_lab.metrics.inception_features import to_uint8
+from mimflow_lab.metrics.kid import check_subset_size
 from mimflow_lab.metrics.suite import Encoded
 from mimflow_lab.metrics.inception import FIDInception, WeightsSource
 from mimflow_lab.metrics.npz import open_images, read_reference_stats, size_mismatch, write_npz
@@ -57,7 +58,7 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
             batch: int = 256, cfg: float = 1.0, seed: int = 0, rfid: str | None = None, split: str = "test",
             weights: str = "ema", inception_path: str | None = None, save_npz: str | None = None,
             device: str | None = None, bootstrap: Bootstrap | None = None, encoders: Sequence[EncoderSpec] = (),
-            ref_val: str | None = None) -> dict | None:
+            ref_val: str | None = None, kid_subset_size: int | None = None) -> dict | None:
     """IS, FID, sFID, precision and recall of ``checkpoint``'s samples against ``reference``, sharded and resumable.
 
     With ``rfid`` (a dataset) the model reconstructs at most ``samples`` of
@@ -68,14 +69,15 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
     ``samples`` None means :func:`default_samples` of the checkpoint. Each
     of ``encoders`` scores the same images in its own feature space, its
     features stored in the shards beside the Inception's; ``ref_val``
-    (held-out real images) adds FD_r.
+    (held-out real images) adds FD_r; ``kid_subset_size`` is --kid-subset-size (checked against both sets
+    before any sampling).
     """
     from mimflow_lab import load_model
 
     check_guidance(cfg)
     if reference is not None:
         with open_images(reference) as reader:  # a bad reference fails before any sampling
-            reference_size = reader.shape[1:3]
+            reference_size, reference_count = reader.shape[1:3], reader.shape[0]
     if ref_val is not None:
         open_images(ref_val).close()
     out_dir = Path(out)
@@ -96,6 +98,8 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
 
             dataset = load_dataset(rfid, model.config.image_size, split, channels=model.config.channels)
             total = min(samples, len(dataset))
+        check_subset_size(kid_subset_size, {"the samples": total, **(
+            {reference: reference_count} if reference is not None else {})})
         run = {"checkpoint_sha256": info.sha256, "weights": info.weights,
                "mode": "reconstruction" if rfid else "generation", "samples": total, "batch": batch,
                "cfg": None if rfid else cfg, "seed": None if rfid else seed, "rfid_data": rfid,
@@ -114,7 +118,7 @@ def run_fid(checkpoint: str | os.PathLike, out: str | os.PathLike, *, reference:
         if not process.is_main:
             return None
         metrics = _merge_and_score(plan, reference, inception, source, process.device, save_npz, bootstrap,
-                                   loaded, ref_val)
+                                   loaded, ref_val, kid_subset_size)
     metrics = {**metrics, "checkpoint": str(checkpoint), "label": info.label, "step": info.step,
                "run": run, "seconds": round(time.time() - started, 1)}
     write_json(out_dir / "metrics.json", metrics)
@@ -184,7 +188,8 @@ def _check_same_run(path: Path, run: dict, plan: ShardPlan, is_main: bool) -> No
 
 def _merge_and_score(plan: ShardPlan, reference: str | None, inception: FIDInception, source: WeightsSource,
                      device: torch.device, save_npz: str | None, bootstrap: Bootstrap | None = None,
-                     encoders: Sequence[Encoder] = (), ref_val: str | None = None) -> dict:
+                     encoders: Sequence[Encoder] = (), ref_val: str | None = None,
+                     kid_subset_size: int | None = None) -> dict:
     """The ADM metrics of the merged shards (and the samples written as an ADM npz when asked), with each
     encoder's and FD_r against ``ref_val``."""
     reference_stats = read_reference_stats(reference) if reference else None
@@ -200,7 +205,8 @@ def _merge_and_score(plan: ShardPlan, reference: str | None, inception: FIDIncep
         reference_encoder_features(reference, e) if reference is not None else merged[f"real_encoder_{e.name}"],
         merged[f"encoder_{e.name}"], None if ref_val is None else reference_encoder_features(ref_val, e))
         for e in encoders}
-    metrics = adm_metrics(ref_features, samples, source, reference_stats, device, bootstrap, validation, encoded)
+    metrics = adm_metrics(ref_features, samples, source, reference_stats, device, bootstrap, validation, encoded,
+                          kid_subset_size)
     metrics["reference"] = str(reference) if reference else f"{plan.total} dataset images (originals)"
     if ref_val is not None:
         metrics["ref_val"] = str(ref_val)

@@ -178,9 +178,17 @@ def inception() -> Decorator:
 
 def bootstrap() -> Decorator:
     return click.option("--bootstrap", "bootstrap", type=int, default=None, metavar="N",
-                        help="Also FID, sFID, precision, density and coverage (and each --encoder's) over N seeded "
-                             "bootstrap resamples of the samples (reference fixed): mean, std, 95 % interval, plus "
-                             "a split-half FID; printed after ADM's lines.")
+                        help="Also every metric (FID, sFID, precision, recall, density, coverage, KID, and each "
+                             "--encoder's) over N seeded bootstrap resamples of the samples (reference fixed): mean, "
+                             "std, 95 % interval, plus a split-half FID; printed after ADM's lines.")
+
+
+def kid_subset_size() -> Decorator:
+    return click.option("--kid-subset-size", "kid_subset_size", type=click.IntRange(min=2), default=None,
+                        metavar="N",
+                        help="Images per KID subset  [default: torch-fidelity's 1000; sets smaller than that use "
+                             "subsets of their own size, with a warning, recorded as kid_subset_size]. An N larger "
+                             "than the samples or the reference is refused before any work.")
 
 
 class EncoderPreset(NamedTuple):
@@ -223,9 +231,9 @@ def ref_val() -> Decorator:
 
 def bootstrap_reference() -> Decorator:
     return click.option("--bootstrap-reference", "bootstrap_reference", is_flag=True, default=False,
-                        help="With --bootstrap: resample the reference's images too for FID, sFID and each "
-                             "encoder's FD (its Gaussian refitted each replicate: slower); precision, density and "
-                             "coverage keep its k-NN balls fixed.")
+                        help="With --bootstrap: resample the reference's images too (for FID, sFID and each "
+                             "encoder's FD its Gaussian is refitted each replicate: slower; recall and KID weight its "
+                             "images by their draws); precision, density and coverage keep its k-NN balls fixed.")
 
 
 def check_bootstrap(value: int | None, reference: bool = False) -> None:

@@ -322,3 +322,25 @@ def test_fid_ref_val_is_scored_from_finished_shards_like_evaluate(setup, single_
     assert metrics["fid"] == single_run["fid"] and metrics["fid_val"] == pytest.approx(val_fid, rel=1e-9)
     assert metrics["fid_r"] == pytest.approx(single_run["fid"] / val_fid, rel=1e-9)
     assert metrics["ref_val"] == str(tmp_path / "val.npz")
+
+
+def test_fid_bootstrap_rescores_finished_shards_like_evaluate_and_a_big_kid_subset_is_refused(setup, single_run,
+                                                                                              tmp_path, capsys):
+    out = _copy_of_run1(setup, "bootstrap")
+    extra = ("--bootstrap", "3", "--kid-subset-size", "5")
+    run_cli(fid_args(setup, "bootstrap", "--save-npz", str(out / "samples.npz"), *extra))
+    metrics = json.loads((out / "metrics.json").read_text())
+    run_cli(["evaluate", str(setup / "ref.npz"), str(out / "samples.npz"), *extra, "--out", str(tmp_path / "ev")])
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["fid"] == single_run["fid"] and metrics["kid_subset_size"] == 5
+    for key in ("fid", "sfid", "precision", "recall", "density", "coverage", "kid"):
+        assert metrics["bootstrap"][key] == evaluated["bootstrap"][key], key  # the same features: the same draws
+    before = (out / "metrics.json").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(fid_args(setup, "bootstrap", "--kid-subset-size", str(SAMPLES + 1)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].endswith(
+        f"--kid-subset-size {SAMPLES + 1}: the samples holds {SAMPLES} images, fewer than one subset (KID draws "
+        f"subsets without replacement); pass at most {SAMPLES} or leave the option out")
+    assert (out / "metrics.json").read_text() == before

@@ -1,6 +1,9 @@
-"""Bootstrap FID: replicates equal a plain FID of the resampled features; intervals cover a known distance."""
+"""Bootstraps: each replicate equals its metric on the resampled features (recall and KID: on the resampled
+multiset, copies of one point not counted as neighbours or pairs); intervals cover a known distance; spreads
+match independent draws."""
 import numpy as np
 import pytest
+import torch
 
 from mimflow_core.errors import MIMFlowError
 from mimflow_lab.metrics import frechet_distance, gaussian_stats
@@ -43,7 +46,7 @@ def test_a_neighbour_replicate_equals_the_metrics_of_the_resampled_rows():
 
     rng = np.random.default_rng(1)
     ref, x = rng.standard_normal((60, 5)), rng.standard_normal((50, 5)) + 0.4
-    inside, _ = inside_masks(ref, x, chunk=16)
+    inside = inside_masks(ref, x, chunk=16)[0]
     counts, _, pairs = ball_counts(ref, x, chunk=16, keep_pairs=True)
     result = bootstrap_neighbours(inside.numpy(), counts.numpy(), pairs.numpy(), len(ref), 5, replicates=1, seed=4)
     rows = np.random.default_rng(4).integers(0, len(x), len(x))  # the same draw
@@ -65,3 +68,75 @@ def test_a_replicate_with_the_reference_resampled_equals_fid_of_both_resampled_s
     fixed = bootstrap_fid(x, *gaussian_stats(ref), replicates=30, seed=5)
     both = bootstrap_fid(x, *gaussian_stats(ref), replicates=30, seed=5, reference=ref)
     assert both["std"] > fixed["std"]  # two sources of sampling error instead of one
+
+
+def _brute_force_recall(ref: np.ndarray, x: np.ndarray, w: np.ndarray, v: np.ndarray, k: int = 3) -> float:
+    """Recall of the multiset drawing sample i w[i] times and reference j v[j] times, by dense distances: a
+    drawn sample's radius is its k-th nearest other drawn point with copies counted, its own copies not."""
+    d_xx = ((x[:, None] - x[None]) ** 2).sum(-1)
+    d_rx = ((ref[:, None] - x[None]) ** 2).sum(-1)
+    drawn = np.flatnonzero(w)
+    radius = {i: np.sort(np.repeat(np.delete(d_xx[i], i), np.delete(w, i)))[k - 1] for i in drawn}
+    inside = np.array([any(d_rx[j, i] <= radius[i] for i in drawn) for j in range(len(ref))])
+    return float(v @ inside / v.sum())
+
+
+@pytest.mark.parametrize("resample_reference", [False, True])
+def test_a_recall_replicate_equals_recall_of_the_resampled_multiset(resample_reference):
+    from mimflow_lab.metrics.bootstrap import bootstrap_recall
+    from mimflow_lab.metrics.precision_recall import inside_masks
+
+    rng = np.random.default_rng(3)
+    ref, x = rng.standard_normal((70, 4)), rng.standard_normal((60, 4)) * 1.2
+    _, real_inside, reach = inside_masks(ref, x, chunk=16, dtype=torch.float64, reach=16)
+    for seed in range(5):
+        result = bootstrap_recall(reach, 3, len(ref), replicates=1, seed=seed, resample_reference=resample_reference)
+        w = np.bincount(np.random.default_rng(seed).integers(0, len(x), len(x)), minlength=len(x))
+        v = (np.bincount(np.random.default_rng((seed, 1)).integers(0, len(ref), len(ref)), minlength=len(ref))
+             if resample_reference else np.ones(len(ref)))
+        assert result["mean"] == pytest.approx(_brute_force_recall(ref, x, w, v), abs=1e-12), seed
+        assert result["radius_capped"] == 0
+    # drawing every sample once gives the plain recall back
+    assert _brute_force_recall(ref, x, np.ones(len(x), int), np.ones(len(ref))) == pytest.approx(
+        real_inside.double().mean().item(), abs=1e-12)
+
+
+def test_kid_replicates_weight_the_subsets_points_by_their_draws():
+    from mimflow_lab.metrics.kid import _poly_kernel, _subsets, kid, kid_replicates
+
+    rng = np.random.default_rng(4)
+    x, ref = rng.standard_normal((40, 6)), rng.standard_normal((50, 6)) + 0.3
+    ones = np.ones((1, len(x)), np.int32)
+    assert kid_replicates(x, ref, ones, None, 5, 20, seed=9)[0] == pytest.approx(kid(x, ref, 5, 20, seed=9)[0],
+                                                                                 rel=1e-12)
+    w = rng.integers(0, 4, (2, len(x))).astype(np.int32)
+    v = rng.integers(0, 4, (2, len(ref))).astype(np.int32)
+    got = kid_replicates(x, ref, w, v, 5, 20, seed=9)
+    for r in range(2):  # the expanded multisets, pairs of copies of one point left out
+        values = []
+        for a, b in _subsets(len(x), len(ref), 5, 20, 9):
+            xa, ya = np.repeat(a.numpy(), w[r, a.numpy()]), np.repeat(b.numpy(), v[r, b.numpy()])
+            k_xx = _poly_kernel(torch.from_numpy(x[xa]), torch.from_numpy(x[xa])).numpy()
+            k_yy = _poly_kernel(torch.from_numpy(ref[ya]), torch.from_numpy(ref[ya])).numpy()
+            k_xy = _poly_kernel(torch.from_numpy(x[xa]), torch.from_numpy(ref[ya])).numpy()
+            distinct_x, distinct_y = xa[:, None] != xa[None], ya[:, None] != ya[None]
+            values.append(k_xx[distinct_x].mean() + k_yy[distinct_y].mean() - 2 * k_xy.mean())
+        assert got[r] == pytest.approx(np.mean(values), rel=1e-10)
+
+
+def test_recall_and_kid_spreads_match_independent_draws():
+    """The bootstrap std of recall and KID over resamples of one sample set ≈ their std over 40 independent sample
+    sets from the same distribution (reference fixed): within a factor 1.6 either way."""
+    from mimflow_lab.metrics.bootstrap import bootstrap_kid, bootstrap_recall
+    from mimflow_lab.metrics.kid import kid
+    from mimflow_lab.metrics.precision_recall import inside_masks
+
+    ref = np.random.default_rng(0).standard_normal((300, 5))
+    draws = [np.random.default_rng(100 + t).standard_normal((300, 5)) * 1.1 + 0.1 for t in range(40)]
+    recalls = [inside_masks(ref, x)[1].double().mean().item() for x in draws]
+    kids = [kid(x, ref, 10, 100)[0] for x in draws]
+    boot_recall = np.mean([bootstrap_recall(inside_masks(ref, x, reach=16)[2], 3, len(ref), 100, seed=t)["std"]
+                           for t, x in enumerate(draws[:8])])
+    boot_kid = np.mean([bootstrap_kid(x, ref, 100, 100, seed=t, subsets=10)["std"] for t, x in enumerate(draws[:8])])
+    assert 1 / 1.6 < boot_recall / np.std(recalls, ddof=1) < 1.6, (boot_recall, np.std(recalls, ddof=1))
+    assert 1 / 1.6 < boot_kid / np.std(kids, ddof=1) < 1.6, (boot_kid, np.std(kids, ddof=1))

@@ -236,11 +236,13 @@ def test_evaluate_bootstrap_adds_lines_after_adms_and_fields(batches, tmp_path):
     b = metrics["bootstrap"]["fid"]
     assert b["replicates"] == 5 and b["ci95"][0] <= b["mean"] <= b["ci95"][1] and b["std"] >= 0
     assert metrics["fid_split_half"] >= 0 and "sfid" in metrics["bootstrap"]
-    for key, name in (("precision", "Precision"), ("density", "Density"), ("coverage", "Coverage")):
+    for key, name, digits in (("precision", "Precision", 4), ("recall", "Recall", 4), ("density", "Density", 4),
+                              ("coverage", "Coverage", 4), ("kid", "KID", 5)):
         b = metrics["bootstrap"][key]
-        assert b["replicates"] == 5 and 0 <= b["ci95"][0] <= b["ci95"][1] and b["std"] >= 0
-        assert any(line.startswith(f"{name} {metrics[key]:.4f} ± {b['std']:.4f} (95 % ") for line in lines), key
-    assert set(metrics["bootstrap"]["not_bootstrapped"]) == {"recall", "kid"}
+        assert b["replicates"] == 5 and b["ci95"][0] <= b["ci95"][1] and b["std"] >= 0
+        assert any(line.startswith(f"{name} {metrics[key]:.{digits}f} ± {b['std']:.{digits}f} (95 % ")
+                   for line in lines), key
+    assert metrics["bootstrap"]["not_bootstrapped"] == {} and 0 <= metrics["bootstrap"]["recall"]["radius_capped"] < 1
 
 
 def test_evaluate_bootstrap_zero_is_one_line_and_keeps_old_results(batches, tmp_path, capsys):
@@ -266,3 +268,24 @@ def test_bootstrap_reference_resamples_both_sides_and_needs_bootstrap(batches, t
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].endswith("--bootstrap-reference: resamples only with --bootstrap N")
     assert not (tmp_path / "out2").exists()
+
+
+def test_kid_subset_size_larger_than_a_set_is_one_line_and_keeps_old_results(batches, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.json").write_text('{"fid": 1.0}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(batches / "ref.npz"), str(batches / "samples.npz"), "--kid-subset-size",
+              str(N_SAMPLES + 1), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "Traceback" not in "".join(err)
+    assert err[-1].endswith(f"--kid-subset-size {N_SAMPLES + 1}: {batches / 'samples.npz'} holds {N_SAMPLES} images, "
+                            f"fewer than one subset (KID draws subsets without replacement); pass at most "
+                            f"{min(N_SAMPLES, N_REF)} or leave the option out")
+    assert (tmp_path / "out" / "metrics.json").read_text() == '{"fid": 1.0}'
+
+
+def test_an_explicit_kid_subset_size_is_used_without_the_warning(batches, tmp_path, capsys):
+    run_cli(["evaluate", str(batches / "ref.npz"), str(batches / "samples.npz"), "--batch-size", "8",
+             "--kid-subset-size", "4", "--out", str(tmp_path / "out")])
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["kid_subset_size"] == 4 and "not comparable" not in capsys.readouterr().err

@@ -31,12 +31,13 @@ from mimflow_lab.options import command
 @options.device()
 @options.bootstrap()
 @options.bootstrap_reference()
+@options.kid_subset_size()
 @options.encoder()
 @options.ref_val()
 def fid(checkpoint: str | None, samples: int | None, reference: str | None, cfg: float, batch_size: int, seed: int,
         save_npz: str | None, out: str, rfid: str | None, split: str, weights: str, inception_path: str | None,
-        device: str, bootstrap: int | None, bootstrap_reference: bool, encoders: tuple[str, ...],
-        ref_val: str | None) -> None:
+        device: str, bootstrap: int | None, bootstrap_reference: bool, kid_subset_size: int | None,
+        encoders: tuple[str, ...], ref_val: str | None) -> None:
     """IS, FID, sFID, precision and recall of CHECKPOINT's class-balanced samples against --ref.
 
     Run under `torchrun --nproc-per-node N` to share the work: the numbers
@@ -63,7 +64,8 @@ def fid(checkpoint: str | None, samples: int | None, reference: str | None, cfg:
     (checkpoint,) = resolve_checkpoints([checkpoint] if checkpoint else [])
     metrics = run_fid(checkpoint, out, reference=reference, samples=samples, batch=batch_size, cfg=cfg,
                       seed=seed, rfid=rfid, split=split, weights=weights, inception_path=inception_path,
-                      save_npz=save_npz, device=device, bootstrap=replicates, encoders=specs, ref_val=ref_val)
+                      save_npz=save_npz, device=device, bootstrap=replicates, encoders=specs, ref_val=ref_val,
+                      kid_subset_size=kid_subset_size)
     if metrics is None:  # another rank than 0: rank 0 reports
         return
     for line in report_lines(metrics) + extra_lines(metrics):

@@ -1,22 +1,28 @@
-"""Bootstrap uncertainty of the Fréchet distance, with cheap replicates.
+"""Bootstrap uncertainty of every metric, with cheap replicates.
 
 A replicate resamples the *samples* with replacement (seeded) and keeps the
 reference side fixed, so the reference's PSD factor F (Σ_ref = F Fᵀ) is
-computed once; a replicate is then the resampled mean and covariance (one
-weighted Gram matrix, from bincount weights: no copy of the features) and one
-symmetric eigenvalue problem Fᵀ Σ F. Precision, density and coverage use
-the reference's balls only, so their tests are made once per sample and a
-replicate reweights them (:func:`bootstrap_neighbours`). Recall and KID are
-not bootstrapped: recall's balls are the samples' own k-NN radii, which
-collapse to 0 when a resample draws a point k + 1 times, and KID's unbiased
-estimate counts a point drawn twice as a pair of distinct ones. The spread is
-the samples' sampling error only (the reference counts as fixed, as ADM's
-stored statistics are), unless --bootstrap-reference asks to resample the
-reference's features too for the Fréchet distances (then its Gaussian and
-factor are refitted each replicate; its balls stay fixed for precision,
-density and coverage, which would otherwise collapse like recall's).
-A split-half FID (two disjoint random halves of the samples) is a floor: what
-FID reads between two draws of the same model.
+computed once; a Fréchet replicate is then the resampled mean and covariance
+(one weighted Gram matrix, from bincount weights: no copy of the features)
+and one symmetric eigenvalue problem Fᵀ Σ F. The other metrics never compute
+a distance again: precision, density and coverage use the reference's balls
+only, so their tests are made once per sample and a replicate reweights them
+(:func:`bootstrap_neighbours`); recall's balls are the samples' own, and a
+resample gives sample i the radius of its k-th nearest *other* drawn point
+(copies counted, its own copies not: left in, they would collapse the radius
+to 0), read from its nearest neighbours kept once (:func:`bootstrap_recall`);
+KID keeps its subsets and weights their points by their draws, leaving pairs
+of copies of one point out like its diagonal (:func:`bootstrap_kid`). With
+all-ones draws each replicate is the plain metric exactly.
+
+The spread is the samples' sampling error only (the reference counts as
+fixed, as ADM's stored statistics are), unless --bootstrap-reference asks to
+resample the reference's images too: then the Fréchet distances refit its
+Gaussian and factor each replicate, recall and KID weight its images by their
+draws, and precision, density and coverage keep its balls fixed (refitted,
+they would collapse like recall's). A split-half FID (two disjoint random
+halves of the samples) is a floor: what FID reads between two draws of the
+same model.
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ import torch
 from mimflow_core.errors import MIMFlowError
 
 from .frechet import frechet_distance, gaussian_stats, psd_factor
+from .kid import KID_SUBSETS, kid_replicates
+from .precision_recall import SampleReach
 
 
 @dataclass(frozen=True)
@@ -66,12 +74,6 @@ def _fd_to(mu: torch.Tensor, sigma: torch.Tensor, mu_ref: torch.Tensor, trace_re
     return float(diff @ diff + sigma.trace() + trace_ref - 2 * eig.sqrt().sum())
 
 
-NOT_BOOTSTRAPPED = {
-    "recall": "the samples' own k-NN balls collapse to radius 0 when a resample draws a point k + 1 times",
-    "kid": "its unbiased estimate would count a point drawn twice as two distinct points",
-}
-
-
 def resample_counts(n: int, replicates: int, seed: int | tuple[int, ...] = 0) -> Iterator[np.ndarray]:
     """How often each of ``n`` samples is drawn in each of ``replicates`` seeded resamples with replacement (the
     same draws for every metric of one seed, so their intervals come from the same resamples)."""
@@ -80,6 +82,23 @@ def resample_counts(n: int, replicates: int, seed: int | tuple[int, ...] = 0) ->
     rng = np.random.default_rng(seed)
     for _ in range(replicates):
         yield np.bincount(rng.integers(0, n, n), minlength=n)
+
+
+def count_matrix(n: int, replicates: int, seed: int | tuple[int, ...] = 0) -> np.ndarray:
+    """:func:`resample_counts` as one (replicates, n) int32 array (4 bytes x replicates x n)."""
+    counts = np.empty((replicates, n), np.int32)
+    for row, w in zip(counts, resample_counts(n, replicates, seed)):
+        row[:] = w
+    return counts
+
+
+REFERENCE_STREAM = 1  # the reference's draws come from the seed's second stream: (seed, 1)
+
+
+def reference_counts(n: int, replicates: int, seed: int) -> Iterator[np.ndarray]:
+    """The reference's own resample stream: the draws --bootstrap-reference makes of its ``n`` images, the same
+    for every metric."""
+    return resample_counts(n, replicates, (seed, REFERENCE_STREAM))
 
 
 def summary(values: np.ndarray, seed: int) -> dict:
@@ -100,15 +119,16 @@ def bootstrap_fid(samples: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray
     else:
         y = torch.from_numpy(np.asarray(reference, np.float64))
         references = (_reference_side(*(t.numpy() for t in _weighted_stats(y, w)))
-                      for w in resample_counts(len(y), replicates, (seed, 1)))
+                      for w in reference_counts(len(y), replicates, seed))
     values = np.array([_fd_to(*_weighted_stats(x, w), *side)
                        for w, side in zip(resample_counts(len(x), replicates, seed), references)])
     return {**summary(values, seed), "reference_resampled": reference is not None}
 
 
-def bootstrap_neighbours(inside_reference: np.ndarray, ball_counts: np.ndarray, pairs: np.ndarray, num_reference: int,
-                         k: int, replicates: int, seed: int = 0) -> dict:
-    """Precision, density and coverage over resamples of the samples, from per-sample tests made once.
+def bootstrap_neighbours(inside_reference: np.ndarray, ball_counts: np.ndarray | None, pairs: np.ndarray | None,
+                         num_reference: int, k: int, replicates: int, seed: int = 0) -> dict:
+    """Precision, density and coverage over resamples of the samples, from per-sample tests made once
+    (precision alone when ``ball_counts`` and ``pairs`` are None: too few references for density's k).
 
     The reference's balls never change, so a replicate is a reweighting:
     precision = share of drawn samples inside a reference ball
@@ -117,14 +137,56 @@ def bootstrap_neighbours(inside_reference: np.ndarray, ball_counts: np.ndarray, 
     reference) rows of every hold). Exact, and O(samples + pairs) a replicate.
     """
     inside = np.asarray(inside_reference, np.float64)
-    counts = np.asarray(ball_counts, np.float64)
-    values = {"precision": [], "density": [], "coverage": []}
+    values = {"precision": []} if ball_counts is None else {"precision": [], "density": [], "coverage": []}
     for w in resample_counts(len(inside), replicates, seed):
         values["precision"].append(w @ inside / len(w))
-        values["density"].append(w @ counts / (k * len(w)))
-        held = np.bincount(pairs[1], weights=w[pairs[0]], minlength=num_reference)
-        values["coverage"].append((held > 0).mean())
+        if ball_counts is not None:
+            values["density"].append(w @ np.asarray(ball_counts, np.float64) / (k * len(w)))
+            held = np.bincount(pairs[1], weights=w[pairs[0]], minlength=num_reference)
+            values["coverage"].append((held > 0).mean())
     return {name: summary(np.array(v), seed) for name, v in values.items()}
+
+
+def bootstrap_recall(reach: SampleReach, k: int, num_reference: int, replicates: int, seed: int = 0,
+                     resample_reference: bool = False) -> dict:
+    """Recall over resamples of the samples (and with ``resample_reference`` of the reference, whose images then
+    count as often as they are drawn), from the samples' :class:`SampleReach` kept by one distance pass.
+
+    Each drawn sample's radius is its k-th nearest other drawn point's
+    distance: the first of its kept neighbours at which their draws add up to
+    k. If its kept neighbours hold fewer than k draws the radius is capped at
+    the farthest of them (an underestimate; ``radius_capped`` is the share of
+    drawn samples it happened to, ~1e-5 with 16 kept neighbours and k = 3).
+    """
+    if reach.pairs is None:
+        raise MIMFlowError(f"recall bootstrap: {reach.reason}")
+    rows = np.arange(len(reach.neighbours))
+    owner, held = reach.pairs
+    weights = (reference_counts(num_reference, replicates, seed) if resample_reference
+               else itertools.repeat(np.ones(num_reference)))
+    values, capped, drawn = [], 0, 0
+    for w, v in zip(resample_counts(len(rows), replicates, seed), weights):
+        draws = np.cumsum(w[reach.neighbours], axis=1)
+        reached = draws[:, -1] >= k
+        radius = np.where(reached, reach.distances[rows, np.argmax(draws >= k, axis=1)], reach.distances[:, -1])
+        capped, drawn = capped + int((~reached & (w > 0)).sum()), drawn + int((w > 0).sum())
+        inside = np.zeros(num_reference, bool)
+        inside[held[(w[owner] > 0) & (reach.pair_distances <= radius[owner])]] = True
+        values.append(v @ inside / v.sum())
+    return {**summary(np.array(values), seed), "radius_capped": capped / drawn}
+
+
+def bootstrap_kid(samples: np.ndarray, reference: np.ndarray, subset_size: int, replicates: int, seed: int = 0,
+                  resample_reference: bool = False, device: str | torch.device = "cpu",
+                  subsets: int = KID_SUBSETS) -> dict:
+    """KID over resamples of the samples (and with ``resample_reference`` of the reference), on the subsets of
+    the plain KID (:func:`~.kid.kid_replicates`)."""
+    drawn = count_matrix(len(reference), replicates, (seed, REFERENCE_STREAM)) if resample_reference else None
+    values = kid_replicates(samples, reference, count_matrix(len(samples), replicates, seed), drawn,
+                            subsets, subset_size, device=device)
+    return summary(values, seed)
+
+
 def split_half_fid(samples: np.ndarray, seed: int = 0) -> float:
     """FID between two disjoint random halves of ``samples``."""
     order = np.random.default_rng(seed).permutation(len(samples))

@@ -10,6 +10,8 @@ on the same features; the kernel is computed in float64.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import torch
 
@@ -32,15 +34,20 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(within - 2 * k_xy.sum() / (m * m))
 
 
-def kid(
-    samples: np.ndarray | torch.Tensor,
-    reference: np.ndarray | torch.Tensor,
-    subsets: int = KID_SUBSETS,
-    subset_size: int = KID_SUBSET_SIZE,
-    seed: int = KID_SEED,
-    device: str | torch.device = "cpu",
-) -> tuple[float, float]:
-    """(mean, std) of MMD² over ``subsets`` random subsets of ``subset_size`` of each set.
+def check_subset_size(size: int | None, counts: dict[str, int]) -> None:
+    """An explicit --kid-subset-size must fit in every set it draws from (``counts``: what -> images), as
+    torch-fidelity requires: refused in one line naming the set, before any work."""
+    for what, count in counts.items():
+        if size is not None and size > count:
+            raise MIMFlowError(f"--kid-subset-size {size}: {what} holds {count} images, fewer than one subset "
+                               f"(KID draws subsets without replacement); pass at most {min(counts.values())} "
+                               "or leave the option out")
+
+
+def _feature_sets(samples: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, subsets: int,
+                  subset_size: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets as float64 (N, d) tensors on ``device``, refused in one line unless ``subsets`` subsets of
+    ``subset_size`` can be drawn from each.
 
     Fewer points than ``subset_size`` in either set is an error (as in
     torch-fidelity): a smaller subset is a different estimator, so the caller
@@ -58,10 +65,68 @@ def kid(
     x, y = x.to(device, torch.float64), y.to(device, torch.float64)
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise MIMFlowError("KID: features contain NaN or Inf")
+    return x, y
+
+
+def _subsets(num_samples: int, num_reference: int, subsets: int, subset_size: int, seed: int
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (sample, reference) index subsets torch-fidelity draws: one RandomState, samples first."""
     rng = np.random.RandomState(seed)
-    mmds = np.empty(subsets)
-    for i in range(subsets):
-        a = rng.choice(len(x), subset_size, replace=False)
-        b = rng.choice(len(y), subset_size, replace=False)
-        mmds[i] = mmd2_unbiased(x[torch.from_numpy(a)], y[torch.from_numpy(b)])
+    for _ in range(subsets):
+        a = rng.choice(num_samples, subset_size, replace=False)
+        b = rng.choice(num_reference, subset_size, replace=False)
+        yield torch.from_numpy(a), torch.from_numpy(b)
+
+
+def kid(
+    samples: np.ndarray | torch.Tensor,
+    reference: np.ndarray | torch.Tensor,
+    subsets: int = KID_SUBSETS,
+    subset_size: int = KID_SUBSET_SIZE,
+    seed: int = KID_SEED,
+    device: str | torch.device = "cpu",
+) -> tuple[float, float]:
+    """(mean, std) of MMD² over ``subsets`` random subsets of ``subset_size`` of each set."""
+    x, y = _feature_sets(samples, reference, subsets, subset_size, device)
+    mmds = np.array([mmd2_unbiased(x[a], y[b]) for a, b in _subsets(len(x), len(y), subsets, subset_size, seed)])
     return float(mmds.mean()), float(mmds.std())
+
+
+def _within(k: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_{i≠j} w_i w_j k_ij / Σ_{i≠j} w_i w_j per row of ``weights``: the unbiased within-set term of a set whose
+    point i is drawn w_i times, pairs of copies of one point left out like the diagonal."""
+    pairs = weights.sum(1) ** 2 - (weights * weights).sum(1)
+    return (((weights @ k) * weights).sum(1) - (weights * weights) @ k.diagonal()) / pairs
+
+
+def kid_replicates(
+    samples: np.ndarray | torch.Tensor,
+    reference: np.ndarray | torch.Tensor,
+    sample_counts: np.ndarray,
+    reference_counts: np.ndarray | None = None,
+    subsets: int = KID_SUBSETS,
+    subset_size: int = KID_SUBSET_SIZE,
+    seed: int = KID_SEED,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """KID of each bootstrap resample: row r of ``sample_counts`` (replicates, N) says how often each sample is
+    drawn (and of ``reference_counts`` each reference image; None keeps the reference fixed).
+
+    A resample keeps :func:`kid`'s subsets and weights their points by how
+    often they were drawn; within a set, pairs of copies of one point are left
+    out as the diagonal is (a point drawn twice is not two independent draws:
+    counting its copies as a pair would bias MMD² by k(x, x)). So counts of all
+    ones give :func:`kid`'s mean exactly. Each subset's kernels are computed
+    once for every replicate: the cost is one KID plus (replicates x subsets x
+    subset_size²) multiply-adds.
+    """
+    x, y = _feature_sets(samples, reference, subsets, subset_size, device)
+    values = []
+    for a, b in _subsets(len(x), len(y), subsets, subset_size, seed):
+        u = torch.from_numpy(sample_counts[:, a.numpy()]).to(device, torch.float64)
+        v = (torch.ones(1, subset_size, dtype=torch.float64, device=device) if reference_counts is None
+             else torch.from_numpy(reference_counts[:, b.numpy()]).to(device, torch.float64))
+        xs, ys = x[a], y[b]
+        between = ((u @ _poly_kernel(xs, ys)) * v).sum(1) / (u.sum(1) * v.sum(1))
+        values.append((_within(_poly_kernel(xs, xs), u) + _within(_poly_kernel(ys, ys), v) - 2 * between).cpu())
+    return np.nanmean(torch.stack(values).numpy(), axis=0)

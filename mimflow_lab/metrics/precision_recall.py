@@ -15,6 +15,8 @@ cross blocks).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -38,30 +40,45 @@ def squared_distances(u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype | Non
     return d.add_(torch.einsum("ij,ij->i", v, v)).clamp_min_(0.0)
 
 
-def _keep_smallest(best: torch.Tensor | None, candidates: torch.Tensor, n: int) -> torch.Tensor:
-    """Merge a block's row-wise n smallest values into the running n smallest."""
-    smallest = candidates.topk(min(n, candidates.shape[1]), dim=1, largest=False).values
-    if best is None:
-        return smallest
-    merged = torch.cat([best, smallest], dim=1)
-    return merged.topk(min(n, merged.shape[1]), dim=1, largest=False).values
+def _keep_smallest(best: tuple[torch.Tensor, torch.Tensor] | None, candidates: torch.Tensor, offset: int, n: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge a block's row-wise n smallest values (and their column indices, the block starting at column
+    ``offset``) into the running n smallest."""
+    values, columns = candidates.topk(min(n, candidates.shape[1]), dim=1, largest=False)
+    columns = columns + offset
+    if best is not None:
+        values, columns = torch.cat([best[0], values], dim=1), torch.cat([best[1], columns], dim=1)
+        values, order = values.topk(min(n, values.shape[1]), dim=1, largest=False)
+        columns = columns.gather(1, order)
+    return values, columns
+
+
+def nearest_neighbours(features: torch.Tensor, n: int, chunk: int = CHUNK, dtype: torch.dtype | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each point's ``n`` smallest squared distances within ``features`` (the point itself included, at distance
+    ~0) and the indices of those points, nearest first, in ``dtype`` (default: the features')."""
+    blocks = features.split(chunk)
+    best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)
+    for i, rows in enumerate(blocks):
+        for j in range(i, len(blocks)):
+            d = squared_distances(rows, blocks[j], dtype)
+            best[i] = _keep_smallest(best[i], d, j * chunk, n)
+            if j != i:  # the same block seen from block j's rows
+                best[j] = _keep_smallest(best[j], d.T, i * chunk, n)
+    return torch.cat([b[0] for b in best]), torch.cat([b[1] for b in best])
 
 
 def manifold_radii(features: torch.Tensor, k: int = K_NEAREST, chunk: int = CHUNK,
                    dtype: torch.dtype | None = None) -> torch.Tensor:
     """Squared distance from each point to its k-th nearest neighbour (the point itself is the 0th), computed
     in ``dtype`` (default: the features')."""
+    _check_count(features, k)
+    return nearest_neighbours(features, k + 1, chunk, dtype)[0][:, k]
+
+
+def _check_count(features: torch.Tensor, k: int) -> None:
     if len(features) <= k:
         raise MIMFlowError(f"precision/recall: need more than k={k} points, got {len(features)}")
-    blocks = features.split(chunk)
-    best: list[torch.Tensor | None] = [None] * len(blocks)
-    for i, rows in enumerate(blocks):
-        for j in range(i, len(blocks)):
-            d = squared_distances(rows, blocks[j], dtype)
-            best[i] = _keep_smallest(best[i], d, k + 1)
-            if j != i:  # the same block seen from block j's rows
-                best[j] = _keep_smallest(best[j], d.T, k + 1)
-    return torch.cat([b[:, k] for b in best])
 
 
 def feature_pair(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, what: str,
@@ -84,12 +101,56 @@ def feature_pair(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tenso
 FeatureArray = np.ndarray | torch.Tensor
 
 
+RECALL_REACH = 16  # nearest other samples kept per sample for a bootstrap of recall (see SampleReach)
+MAX_REACH_PAIRS = 20_000_000  # (sample, reference) pairs kept at most: 20 bytes each
+
+
+@dataclass(frozen=True)
+class SampleReach:
+    """What a resample of the samples needs to recompute recall without another distance pass.
+
+    A resample changes the samples' own balls: sample i's radius becomes the
+    distance to its k-th nearest *other* drawn point, copies counted, its own
+    copies not (the bootstrap's ties). That is found in ``neighbours`` /
+    ``distances``: each sample's ``RECALL_REACH`` nearest other samples,
+    nearest first (squared distances). No radius can exceed the farthest of
+    them, so the references a ball can ever hold are in ``pairs`` ((sample,
+    reference) rows) with their squared ``pair_distances``. ``pairs`` is None
+    when more than ``MAX_REACH_PAIRS`` would be kept (``reason`` says so).
+    """
+
+    neighbours: np.ndarray
+    distances: np.ndarray
+    pairs: np.ndarray | None
+    pair_distances: np.ndarray | None
+    reason: str | None = None
+
+
+def _other_points(values: torch.Tensor, columns: torch.Tensor, reach: int) -> tuple[np.ndarray, np.ndarray]:
+    """Drop each row's own index from its neighbour list (the last entry where an exact duplicate displaced it)."""
+    own = columns == torch.arange(len(columns), device=columns.device)[:, None]
+    own[~own.any(dim=1), -1] = True
+    keep = ~own
+    return (columns[keep].reshape(len(columns), reach).cpu().numpy(),
+            values[keep].reshape(len(values), reach).cpu().numpy())
+
+
 def inside_masks(real: FeatureArray, fake: FeatureArray, k: int = K_NEAREST, chunk: int = CHUNK,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
-    """(each sample inside a reference ball, each reference inside a sample ball): the per-point tests whose
-    shares are precision and recall (kept per point so a bootstrap can reweight them)."""
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, reach: int = 0,
+                 ) -> tuple[torch.Tensor, torch.Tensor, SampleReach | None]:
+    """(each sample inside a reference ball, each reference inside a sample ball, and with ``reach`` > 0 the
+    :class:`SampleReach` of the samples): the per-point tests whose shares are precision and recall (kept per
+    point so a bootstrap can reweight them), from one pass over the distance blocks."""
     real, fake = feature_pair(real, fake, "precision/recall", device, dtype)
-    real_radii, fake_radii = manifold_radii(real, k, chunk, dtype), manifold_radii(fake, k, chunk, dtype)
+    real_radii = manifold_radii(real, k, chunk, dtype)
+    _check_count(fake, k)
+    reach = min(reach, len(fake) - 1)
+    values, columns = nearest_neighbours(fake, max(k, reach) + 1, chunk, dtype)
+    fake_radii, farthest = values[:, k], None
+    if reach:
+        neighbours, distances = _other_points(values[:, :reach + 1], columns[:, :reach + 1], reach)
+        farthest = torch.from_numpy(distances[:, -1]).to(device)
+    pairs, pair_distances, kept = [], [], 0
     fake_inside = torch.zeros(len(fake), dtype=torch.bool, device=device)
     real_inside = torch.zeros(len(real), dtype=torch.bool, device=device)
     for i, fake_rows in enumerate(fake.split(chunk)):
@@ -99,7 +160,20 @@ def inside_masks(real: FeatureArray, fake: FeatureArray, k: int = K_NEAREST, chu
             d = squared_distances(fake_rows, real_rows, dtype)
             fake_inside[fake_slice] |= (d <= real_radii[real_slice]).any(dim=1)
             real_inside[real_slice] |= (d <= fake_radii[fake_slice, None]).any(dim=0)
-    return fake_inside, real_inside
+            if farthest is not None and kept <= MAX_REACH_PAIRS:
+                held = (d <= farthest[fake_slice, None]).nonzero()
+                kept += len(held)
+                pair_distances.append(d[held[:, 0], held[:, 1]].cpu().numpy())
+                pairs.append((held.T + torch.tensor([[fake_slice.start], [real_slice.start]], device=device)).cpu()
+                             .numpy())
+    if not reach:
+        return fake_inside, real_inside, None
+    if kept > MAX_REACH_PAIRS:
+        return fake_inside, real_inside, SampleReach(neighbours, distances, None, None, (
+            f"more than {MAX_REACH_PAIRS:.0e} (sample, reference) pairs lie within the samples' "
+            f"{reach}-nearest-neighbour reach, too many to keep"))
+    return fake_inside, real_inside, SampleReach(neighbours, distances, np.concatenate(pairs, axis=1),
+                                                 np.concatenate(pair_distances))
 
 
 def _stored(x: torch.Tensor, device: str | torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -110,7 +184,7 @@ def _stored(x: torch.Tensor, device: str | torch.device, dtype: torch.dtype) -> 
 def precision_recall(real: FeatureArray, fake: FeatureArray, k: int = K_NEAREST, chunk: int = CHUNK,
                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[float, float]:
     """(precision, recall) of ``fake`` samples against ``real`` reference features (both (N, dim))."""
-    return shares(*inside_masks(real, fake, k, chunk, device, dtype))
+    return shares(*inside_masks(real, fake, k, chunk, device, dtype)[:2])
 
 
 def shares(*masks: torch.Tensor) -> tuple[float, ...]:

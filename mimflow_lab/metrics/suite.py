@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .bootstrap import NOT_BOOTSTRAPPED, Bootstrap, bootstrap_fid, bootstrap_neighbours, split_half_fid
+from .bootstrap import Bootstrap, bootstrap_fid, bootstrap_kid, bootstrap_neighbours, bootstrap_recall, split_half_fid
 from .cache import reference_encoder_features, reference_features
 from .encoders import Encoder, npz_encoder_features
 from .inception_features import Features, npz_features
@@ -26,7 +26,7 @@ from .inception_score import inception_score
 from .npz import read_reference_stats
 from .density_coverage import DC_NEAREST, ball_counts, density_and_coverage
 from .kid import KID_SUBSET_SIZE, KID_SUBSETS, kid
-from .precision_recall import inside_masks, shares
+from .precision_recall import K_NEAREST, RECALL_REACH, SampleReach, inside_masks, shares
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,17 @@ class Encoded:
 def feature_metrics(
     reference: np.ndarray, samples: np.ndarray, what: str, reference_stats: tuple | None = None,
     validation: np.ndarray | None = None, device: str | torch.device = "cpu", bootstrap: Bootstrap | None = None,
+    kid_subset_size: int | None = None,
 ) -> dict:
     """FD, precision/recall, KID and density/coverage in one feature space (the Inception's pool_3 or an
-    encoder's), with FD_r against held-out ``validation`` features and FD's bootstrap when asked: one code path
-    for every representation, so the numbers of two spaces are computed alike."""
+    encoder's), with FD_r against held-out ``validation`` features and every metric's bootstrap when asked: one
+    code path for every representation, so the numbers of two spaces are computed alike."""
     mu, sigma = reference_stats if reference_stats is not None else gaussian_stats(reference)
-    fake_inside, real_inside = inside_masks(reference, samples, device=device)
+    fake_inside, real_inside, reach = inside_masks(reference, samples, device=device,
+                                                   reach=RECALL_REACH if bootstrap is not None else 0)
     precision, recall = shares(fake_inside, real_inside)
-    subset_size = min(KID_SUBSET_SIZE, len(samples), len(reference))
-    if subset_size < KID_SUBSET_SIZE:
+    subset_size = kid_subset_size or min(KID_SUBSET_SIZE, len(samples), len(reference))
+    if subset_size < KID_SUBSET_SIZE and kid_subset_size is None:
         warnings.warn(f"KID ({what}): {len(samples)} samples / {len(reference)} reference images, fewer than the "
                       f"standard subset of {KID_SUBSET_SIZE}; subsets of {subset_size} are used (kid_subset_size in "
                       "the result), so this KID is not comparable with a standard one", stacklevel=3)
@@ -67,17 +69,34 @@ def feature_metrics(
         result["fd_val"] = fd_val
         result["fd_r"] = result["fd"] / fd_val if fd_val > 0 else None
     if bootstrap is not None:
-        result["bootstrap"] = {"fd": bootstrap_fid(samples, mu, sigma, bootstrap.replicates,
-                                                   reference=reference if bootstrap.reference else None)}
-        if balls is not None:
-            result["bootstrap"].update(bootstrap_neighbours(fake_inside.cpu().numpy(), balls[0].cpu().numpy(),
-                                                            balls[2].cpu().numpy(), len(reference), DC_NEAREST,
-                                                            bootstrap.replicates))
-        result["bootstrap"]["not_bootstrapped"] = NOT_BOOTSTRAPPED
+        result["bootstrap"] = _replicates(samples, reference, mu, sigma, fake_inside, balls, reach, subset_size,
+                                          bootstrap, device)
     if density is None:
         result["density_coverage_unavailable"] = (f"{len(reference)} reference images; density and coverage use "
                                                   f"each one's {DC_NEAREST} nearest neighbours")
     return result
+
+
+def _replicates(samples: np.ndarray, reference: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
+                fake_inside: torch.Tensor, balls: tuple | None, reach: SampleReach, subset_size: int, bootstrap: Bootstrap,
+                device: str | torch.device) -> dict:
+    """Every metric's bootstrap summary in one feature space, from the per-point tests already made; a metric
+    that cannot be resampled here is listed under ``not_bootstrapped`` with the reason."""
+    n = bootstrap.replicates
+    result = {"fd": bootstrap_fid(samples, mu, sigma, n, reference=reference if bootstrap.reference else None),
+              "kid": bootstrap_kid(samples, reference, subset_size, n, resample_reference=bootstrap.reference,
+                                   device=device)}
+    skipped = {}
+    if reach.pairs is None:
+        skipped["recall"] = reach.reason
+    else:
+        result["recall"] = bootstrap_recall(reach, K_NEAREST, len(reference), n,
+                                            resample_reference=bootstrap.reference)
+    counts, pairs = (None, None) if balls is None else (balls[0].cpu().numpy(), balls[2].cpu().numpy())
+    if balls is None:
+        skipped.update(dict.fromkeys(("density", "coverage"), "not computed: too few reference images"))
+    result.update(bootstrap_neighbours(fake_inside.cpu().numpy(), counts, pairs, len(reference), DC_NEAREST, n))
+    return {**result, "not_bootstrapped": skipped}
 
 
 def adm_metrics(
@@ -89,6 +108,7 @@ def adm_metrics(
     bootstrap: Bootstrap | None = None,
     validation: Features | None = None,
     encoded: dict[str, Encoded] | None = None,
+    kid_subset_size: int | None = None,
 ) -> dict:
     """All five ADM metrics plus KID, density/coverage and their provenance, as a JSON-ready dict; with
     ``bootstrap`` replicates of FID and sFID, with ``validation`` (--ref-val) FID_r, and each ``encoded``
@@ -100,7 +120,7 @@ def adm_metrics(
                       stacklevel=2)
     pool = feature_metrics(reference.pool, samples.pool, "Inception",
                            (stats["mu"], stats["sigma"]) if "sigma" in stats else None,
-                           None if validation is None else validation.pool, device, bootstrap)
+                           None if validation is None else validation.pool, device, bootstrap, kid_subset_size)
     mu_s, sigma_s = (stats["mu_s"], stats["sigma_s"]) if "sigma_s" in stats else gaussian_stats(reference.spatial)
     result = {
         "inception_score": None if samples.logits is None else inception_score(samples.logits),
@@ -130,7 +150,8 @@ def adm_metrics(
         )
     if encoded:
         result["encoders"] = {name: {"identity": e.identity, **feature_metrics(
-            e.reference, e.samples, name, None, e.validation, device, bootstrap)} for name, e in encoded.items()}
+            e.reference, e.samples, name, None, e.validation, device, bootstrap, kid_subset_size)}
+            for name, e in encoded.items()}
     return result
 
 
@@ -152,17 +173,20 @@ def _interval(name: str, value: float, b: dict, digits: int = 2) -> str:
             f"{b['ci95'][1]:.{digits}f}, {b['replicates']} bootstrap replicates)")
 
 
-SHARES = (("precision", "Precision"), ("density", "Density"), ("coverage", "Coverage"))
+# the metrics printed with an interval after FID/sFID: (key, name, decimals)
+INTERVALS = (("precision", "Precision", 4), ("recall", "Recall", 4), ("density", "Density", 4),
+             ("coverage", "Coverage", 4), ("kid", "KID", 5))
 
 
 def extra_lines(metrics: dict) -> list[str]:
     """What the options beyond ADM's ask for, printed after ADM's five lines: ``FID 12.34 ± 0.08 (95 %
-    12.19–12.50)`` (and precision, density, coverage) with --bootstrap, FID_r with --ref-val, one line (and
+    12.19–12.50)`` (and every other metric's interval) with --bootstrap, FID_r with --ref-val, one line (and
     its intervals) per --encoder."""
     replicates = metrics.get("bootstrap", {})
     lines = [_interval(name, metrics[key], b) for key, name in (("fid", "FID"), ("sfid", "sFID"))
              if (b := replicates.get(key))]
-    lines += [_interval(name, metrics[key], b, 4) for key, name in SHARES if (b := replicates.get(key))]
+    lines += [_interval(name, metrics[key], b, digits) for key, name, digits in INTERVALS
+              if (b := replicates.get(key))]
     if metrics.get("fid_split_half") is not None:
         lines.append(f"FID between two halves of the samples: {metrics['fid_split_half']:.2f}")
     if "fid_val" in metrics:
@@ -174,7 +198,7 @@ def extra_lines(metrics: dict) -> list[str]:
         lines.append(f"{name}: " + ", ".join(parts + [f"KID {m['kid']:.4g}"]))
         if b := m.get("bootstrap", {}).get("fd"):
             lines.append(_interval(f"{name} FD", m["fd"], b))
-        lines += [_interval(f"{name} {title}", m[key], b, 4) for key, title in SHARES
+        lines += [_interval(f"{name} {title}", m[key], b, digits) for key, title, digits in INTERVALS
                   if (b := m.get("bootstrap", {}).get(key))]
     return lines
 
@@ -182,7 +206,7 @@ def extra_lines(metrics: dict) -> list[str]:
 def evaluate_npz(
     reference_path, samples_path, inception: FIDInception, weights: WeightsSource, batch_size: int = 64,
     device: str | torch.device = "cpu", bootstrap: Bootstrap | None = None, encoders: Sequence[Encoder] = (),
-    ref_val: str | os.PathLike | None = None,
+    ref_val: str | os.PathLike | None = None, kid_subset_size: int | None = None,
 ) -> dict:
     """ADM's evaluator.py: metrics of a sample batch against a reference batch, both ADM npz files (plus each
     encoder's and, with ``ref_val``, FD_r against held-out real images)."""
@@ -194,6 +218,7 @@ def evaluate_npz(
         e.identity(), reference_encoder_features(reference_path, e, batch_size),
         npz_encoder_features(e, samples_path, batch_size),
         None if ref_val is None else reference_encoder_features(ref_val, e, batch_size)) for e in encoders}
-    result = adm_metrics(reference, samples, weights, reference_stats, device, bootstrap, validation, encoded)
+    result = adm_metrics(reference, samples, weights, reference_stats, device, bootstrap, validation, encoded,
+                         kid_subset_size)
     return {"reference": str(reference_path), "samples": str(samples_path),
             **({"ref_val": str(ref_val)} if ref_val is not None else {}), **result}
