@@ -10,12 +10,19 @@
    it fits), 10k x 10k, and with ``--big`` 50k samples x 10k references.
    Each case runs in its own process; peak memory = that process's max RSS.
    Targets at 50k x 10k: < 4 GB and faster than torch-fidelity.
+2b. KID and density/coverage, 2048-d: ours vs torch-fidelity's KID and the
+   ``prdc`` package, 10k x 10k and with ``--big`` 50k x 50k (prdc is not run
+   there: its n x n matrices would need ~60 GB), one process per case. Target:
+   density/coverage in >= 5x less peak memory than prdc at 10k. Then the
+   bootstraps: seconds per FID replicate at 50k x 2048 (against a naive
+   replicate), precision/density/coverage and recall replicates, KID's.
 3. Inception feature extraction, images/s: ours vs torch-fidelity's
    ``FeatureExtractorInceptionV3`` on the same weights (the fid-helper
    TorchScript's, mapped; a seeded stand-in classifier, since the real one is
    not on this machine), on real images (foolbox's ImageNet samples, 256 px).
 
     python benchmarks/metrics.py [--big] [--threads 2] [--json results/benchmarks/metrics.json]
+    python benchmarks/metrics.py --only-kid-dc --big   # 2b alone
 """
 from __future__ import annotations
 
@@ -168,20 +175,30 @@ def kid_dc_worker(method: str, n: int, dim: int) -> dict:
             "features_and_runtime_gb": baseline / 1e9}
 
 
+PRDC_LIMIT = 20_000  # prdc holds three n x n float64 matrices: 9.6 GB at 20k, 60 GB at 50k (this machine: 24 GB)
+
+
 def bench_kid_dc(n: int, threads: int) -> list[dict]:
     rows = []
     for method in ("ours KID", "torch-fidelity KID", "ours density/coverage", "prdc density/coverage"):
+        if method.startswith("prdc") and n > PRDC_LIMIT:
+            rows.append({"method": method, "n": n, "not_run": f"needs ~{3 * n * n * 8 / 1e9:.0f} GB for its three "
+                                                             "n x n float64 distance matrices"})
+            print(f"  {method:24s} {n}x{n}: not run ({rows[-1]['not_run']})", file=sys.stderr)
+            continue
         cmd = [sys.executable, __file__, "--kid-dc-worker", method, str(n)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"  {method:24s} {n}x{n}: {rows[-1]['seconds']:.1f} s, peak {rows[-1]['peak_rss_gb']:.2f} GB",
-              file=sys.stderr)
+        print(f"  {method:24s} {n}x{n}: {rows[-1]['seconds']:.1f} s, peak {rows[-1]['peak_rss_gb']:.2f} GB "
+              f"({rows[-1]['features_and_runtime_gb']:.2f} GB of it features and runtime)", file=sys.stderr)
     return rows
 
 
 def bench_bootstrap(n: int = 50_000, dim: int = 2048, replicates: int = 2) -> dict:
-    """Seconds per bootstrap replicate of FID (reference factor computed once, outside the timing)."""
+    """Seconds per bootstrap replicate of FID (reference factor computed once, outside the timing) against the
+    naive replicate: copy the drawn rows, fit their Gaussian, our Fréchet distance."""
+    from mimflow_lab.metrics import frechet_distance, gaussian_stats
     from mimflow_lab.metrics.bootstrap import bootstrap_fid
 
     rng = np.random.default_rng(0)
@@ -191,8 +208,47 @@ def bench_bootstrap(n: int = 50_000, dim: int = 2048, replicates: int = 2) -> di
     start = time.perf_counter()
     result = bootstrap_fid(x, mu, sigma, replicates)
     seconds = (time.perf_counter() - start) / replicates
-    print(f"  bootstrap FID {n}x{dim}: {seconds:.1f} s per replicate", file=sys.stderr)
-    return {"n": n, "dim": dim, "replicates": replicates, "seconds_per_replicate": seconds, "fid_mean": result["mean"]}
+    start = time.perf_counter()
+    naive = frechet_distance(*gaussian_stats(x[np.random.default_rng(0).integers(0, n, n)]), mu, sigma)
+    naive_seconds = time.perf_counter() - start
+    print(f"  bootstrap FID {n}x{dim}: {seconds:.1f} s per replicate, naive {naive_seconds:.1f} s "
+          f"({naive_seconds / seconds:.1f}x)", file=sys.stderr)
+    return {"n": n, "dim": dim, "replicates": replicates, "seconds_per_replicate": seconds,
+            "naive_seconds_per_replicate": naive_seconds, "fid_mean": result["mean"], "naive_fid": naive}
+
+
+def bench_bootstrap_recall_kid(n: int = 10_000, dim: int = 2048, replicates: int = 100) -> dict:
+    """Recall's bootstrap: the extra cost of keeping each sample's 16 nearest neighbours and the pairs within
+    reach in the one distance pass, then seconds per replicate; KID's: ``replicates`` replicates against one
+    plain KID (its kernels are computed once for all of them)."""
+    from mimflow_lab.metrics.bootstrap import bootstrap_kid, bootstrap_recall
+    from mimflow_lab.metrics.kid import kid
+    from mimflow_lab.metrics.precision_recall import RECALL_REACH, inside_masks
+
+    rng = np.random.default_rng(0)
+    real = np.abs(rng.standard_normal((n, dim), dtype=np.float32))
+    fake = np.abs(rng.standard_normal((n, dim), dtype=np.float32)) * 1.05
+    timed = {}
+    for name, fn in (("pass", lambda: inside_masks(real, fake)), ("pass_with_reach",
+                                                                  lambda: inside_masks(real, fake, reach=RECALL_REACH)),
+                     ("kid", lambda: kid(fake, real)), ("kid_bootstrap", lambda: bootstrap_kid(fake, real, 1000,
+                                                                                               replicates))):
+        start = time.perf_counter()
+        timed[name] = (fn(), time.perf_counter() - start)
+    reach = timed["pass_with_reach"][0][2]
+    start = time.perf_counter()
+    recall = bootstrap_recall(reach, 3, n, replicates)
+    recall_seconds = (time.perf_counter() - start) / replicates
+    row = {"n": n, "dim": dim, "replicates": replicates, "pass_seconds": timed["pass"][1],
+           "pass_with_reach_seconds": timed["pass_with_reach"][1], "reach_pairs": int(reach.pairs.shape[1]),
+           "recall_seconds_per_replicate": recall_seconds, "recall_std": recall["std"],
+           "radius_capped": recall["radius_capped"], "kid_seconds": timed["kid"][1],
+           "kid_bootstrap_seconds": timed["kid_bootstrap"][1], "kid_std": timed["kid_bootstrap"][0]["std"]}
+    print(f"  bootstrap recall {n}x{n}: pass {row['pass_seconds']:.1f} s -> {row['pass_with_reach_seconds']:.1f} s "
+          f"with reach ({row['reach_pairs']} pairs), {recall_seconds * 1e3:.1f} ms per replicate; KID "
+          f"{row['kid_seconds']:.1f} s, {replicates} bootstrap replicates {row['kid_bootstrap_seconds']:.1f} s",
+          file=sys.stderr)
+    return row
 
 
 def bench_bootstrap_neighbours(n: int = 10_000, dim: int = 2048, replicates: int = 100) -> dict:
@@ -268,20 +324,27 @@ def _print_kid_dc(rows: list[dict]) -> None:
     print("\n| KID / density-coverage (2048-d) | n x n | wall (s) | CPU (s) | peak RSS (GB) | values |\n"
           "|---|---|---|---|---|---|")
     for r in rows:
+        if "not_run" in r:
+            print(f"| {r['method']} | {r['n']} x {r['n']} | not run: {r['not_run']} | | | |")
+            continue
         values = ", ".join(f"{k} {r[k]:.6g}" for k in ("kid", "kid_std", "density", "coverage") if k in r)
         print(f"| {r['method']} | {r['n']} x {r['n']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
-              f"{r['peak_rss_gb']:.2f} | {values} |")
+              f"{r['peak_rss_gb']:.2f} ({r['peak_rss_gb'] - r['features_and_runtime_gb']:.2f} above the features) | "
+              f"{values} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--big", action="store_true", help="Also run precision/recall at 50k x 10k (minutes).")
+    parser.add_argument("--big", action="store_true",
+                        help="Also precision/recall at 50k x 10k and KID, density/coverage at 50k x 50k (tens of "
+                             "minutes).")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per process.")
     parser.add_argument("--json", default="results/benchmarks/metrics.json", help="Where to write all figures.")
     parser.add_argument("--pr-worker", nargs=3, metavar=("METHOD", "N_FAKE", "N_REAL"), help=argparse.SUPPRESS)
     parser.add_argument("--kid-dc-worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--only-kid-dc", action="store_true",
-                        help="Only KID and density/coverage at 10k x 10k and the bootstrap replicates (a short run).")
+                        help="Only KID and density/coverage (10k x 10k; with --big 50k x 50k too) and the bootstrap "
+                             "replicates.")
     args = parser.parse_args()
     if args.kid_dc_worker:
         method, n = args.kid_dc_worker
@@ -296,11 +359,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     results = {"threads": args.threads, "cpu_count": os.cpu_count()}
-    print("KID and density/coverage, 2048 dims, 10k x 10k", file=sys.stderr)
-    results["kid_density_coverage"] = bench_kid_dc(10_000, args.threads)
+    results["kid_density_coverage"] = []
+    for n in (10_000, 50_000) if args.big else (10_000,):
+        print(f"KID and density/coverage, 2048 dims, {n} x {n}", file=sys.stderr)
+        results["kid_density_coverage"] += bench_kid_dc(n, args.threads)
     _print_kid_dc(results["kid_density_coverage"])
     results["bootstrap"] = bench_bootstrap()
     results["bootstrap_neighbours"] = bench_bootstrap_neighbours()
+    results["bootstrap_recall_kid"] = bench_bootstrap_recall_kid()
     if args.only_kid_dc:
         from mimflow_core.atomic import write_json
 
