@@ -139,11 +139,19 @@ def bench_precision_recall(sizes: list[tuple[int, int]], threads: int) -> list[d
 # ------------------------------------------------------------------ 2b. KID and density/coverage (one process per case)
 
 def kid_dc_worker(method: str, n: int, dim: int) -> dict:
-    """One of: ours/torch-fidelity KID, ours/prdc density+coverage, on n x n features; seconds and peak RSS."""
+    """One of: ours/torch-fidelity KID, ours/prdc density+coverage, on n x n features; seconds and peak RSS.
+
+    Each method's code is imported before the baseline is read, so peak - baseline is the metric's own memory.
+    """
     import contextlib
     import io
 
     import torch
+    from prdc import compute_prdc
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    from mimflow_lab.metrics.density_coverage import density_coverage
+    from mimflow_lab.metrics.kid import kid
 
     rng = np.random.default_rng(0)
     real = np.abs(rng.standard_normal((n, dim), dtype=np.float32))
@@ -151,21 +159,13 @@ def kid_dc_worker(method: str, n: int, dim: int) -> dict:
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start, cpu = time.perf_counter(), time.process_time()
     if method == "ours KID":
-        from mimflow_lab.metrics.kid import kid
-
         values = dict(zip(("kid", "kid_std"), kid(fake, real)))
     elif method == "torch-fidelity KID":
-        from torch_fidelity.metric_kid import kid_features_to_metric
-
         out = kid_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real), verbose=False)
         values = {"kid": out["kernel_inception_distance_mean"], "kid_std": out["kernel_inception_distance_std"]}
     elif method == "ours density/coverage":
-        from mimflow_lab.metrics.density_coverage import density_coverage
-
         values = dict(zip(("density", "coverage"), density_coverage(real, fake)))
     else:
-        from prdc import compute_prdc
-
         with contextlib.redirect_stdout(io.StringIO()):  # it prints the sizes
             out = compute_prdc(real.astype(np.float64), fake.astype(np.float64), nearest_k=5)
         values = {"density": float(out["density"]), "coverage": float(out["coverage"])}

@@ -46,8 +46,9 @@ def check_subset_size(size: int | None, counts: dict[str, int]) -> None:
 
 def _feature_sets(samples: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, subsets: int,
                   subset_size: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both sets as float64 (N, d) tensors on ``device``, refused in one line unless ``subsets`` subsets of
-    ``subset_size`` can be drawn from each.
+    """Both sets as (N, d) tensors on ``device``, refused in one line unless ``subsets`` subsets of
+    ``subset_size`` can be drawn from each. They keep their float type: each subset is converted to float64
+    when drawn (:func:`_subset`), so no float64 copy of all features is made.
 
     Fewer points than ``subset_size`` in either set is an error (as in
     torch-fidelity): a smaller subset is a different estimator, so the caller
@@ -62,7 +63,7 @@ def _feature_sets(samples: np.ndarray | torch.Tensor, reference: np.ndarray | to
     if min(len(x), len(y)) < subset_size:
         raise MIMFlowError(f"KID: subset size {subset_size} exceeds the number of points "
                            f"({len(x)} samples, {len(y)} reference); pass a smaller subset size")
-    x, y = x.to(device, torch.float64), y.to(device, torch.float64)
+    x, y = (t.to(device) if t.is_floating_point() else t.to(device, torch.float64) for t in (x, y))
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise MIMFlowError("KID: features contain NaN or Inf")
     return x, y
@@ -78,6 +79,10 @@ def _subsets(num_samples: int, num_reference: int, subsets: int, subset_size: in
         yield torch.from_numpy(a), torch.from_numpy(b)
 
 
+def _subset(features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return features[rows.to(features.device)].double()
+
+
 def kid(
     samples: np.ndarray | torch.Tensor,
     reference: np.ndarray | torch.Tensor,
@@ -88,7 +93,8 @@ def kid(
 ) -> tuple[float, float]:
     """(mean, std) of MMD² over ``subsets`` random subsets of ``subset_size`` of each set."""
     x, y = _feature_sets(samples, reference, subsets, subset_size, device)
-    mmds = np.array([mmd2_unbiased(x[a], y[b]) for a, b in _subsets(len(x), len(y), subsets, subset_size, seed)])
+    mmds = np.array([mmd2_unbiased(_subset(x, a), _subset(y, b))
+                     for a, b in _subsets(len(x), len(y), subsets, subset_size, seed)])
     return float(mmds.mean()), float(mmds.std())
 
 
@@ -126,7 +132,7 @@ def kid_replicates(
         u = torch.from_numpy(sample_counts[:, a.numpy()]).to(device, torch.float64)
         v = (torch.ones(1, subset_size, dtype=torch.float64, device=device) if reference_counts is None
              else torch.from_numpy(reference_counts[:, b.numpy()]).to(device, torch.float64))
-        xs, ys = x[a], y[b]
+        xs, ys = _subset(x, a), _subset(y, b)
         between = ((u @ _poly_kernel(xs, ys)) * v).sum(1) / (u.sum(1) * v.sum(1))
         values.append((_within(_poly_kernel(xs, xs), u) + _within(_poly_kernel(ys, ys), v) - 2 * between).cpu())
     return np.nanmean(torch.stack(values).numpy(), axis=0)
