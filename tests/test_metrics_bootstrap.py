@@ -140,3 +140,18 @@ def test_recall_and_kid_spreads_match_independent_draws():
     boot_kid = np.mean([bootstrap_kid(x, ref, 100, 100, seed=t, subsets=10)["std"] for t, x in enumerate(draws[:8])])
     assert 1 / 1.6 < boot_recall / np.std(recalls, ddof=1) < 1.6, (boot_recall, np.std(recalls, ddof=1))
     assert 1 / 1.6 < boot_kid / np.std(kids, ddof=1) < 1.6, (boot_kid, np.std(kids, ddof=1))
+
+
+def test_an_inception_score_replicate_equals_the_score_of_the_drawn_rows():
+    from mimflow_lab.metrics.bootstrap import bootstrap_inception_score
+    from mimflow_lab.metrics.inception_score import inception_score, log_probabilities, split_scores
+
+    logits = np.random.default_rng(5).standard_normal((300, 20)) * 3
+    for seed in range(3):  # one split: the order of the drawn rows does not matter
+        rows = np.random.default_rng(seed).integers(0, len(logits), len(logits))
+        assert bootstrap_inception_score(logits, 1, seed)["mean"] == pytest.approx(inception_score(logits[rows]),
+                                                                                   rel=1e-12)
+    w = torch.from_numpy(np.bincount(np.random.default_rng(0).integers(0, 300, 300), minlength=300))
+    by_split = [inception_score(np.repeat(logits[i:i + 70], w[i:i + 70].numpy(), axis=0)) for i in range(0, 300, 70)]
+    assert split_scores(log_probabilities(logits), w, 70) == pytest.approx(np.mean(by_split), rel=1e-12)
+    assert split_scores(log_probabilities(logits), None, 70) == pytest.approx(inception_score(logits, 70), rel=1e-15)

@@ -7,7 +7,7 @@ computed once; a Fréchet replicate is then the resampled mean and covariance
 and one symmetric eigenvalue problem Fᵀ Σ F. The other metrics never compute
 a distance again: precision, density and coverage use the reference's balls
 only, so their tests are made once per sample and a replicate reweights them
-(:func:`bootstrap_neighbours`); recall's balls are the samples' own, and a
+(:func:`bootstrap_neighbours`), as the Inception Score reweights its splits; recall's balls are the samples' own, and a
 resample gives sample i the radius of its k-th nearest *other* drawn point
 (copies counted, its own copies not: left in, they would collapse the radius
 to 0), read from its nearest neighbours kept once (:func:`bootstrap_recall`);
@@ -36,6 +36,7 @@ import torch
 from mimflow_core.errors import MIMFlowError
 
 from .frechet import frechet_distance, gaussian_stats, psd_factor
+from .inception_score import log_probabilities, split_scores
 from .kid import KID_SUBSETS, kid_replicates
 from .precision_recall import SampleReach
 
@@ -185,6 +186,15 @@ def bootstrap_kid(samples: np.ndarray, reference: np.ndarray, subset_size: int, 
     values = kid_replicates(samples, reference, count_matrix(len(samples), replicates, seed), drawn,
                             subsets, subset_size, device=device)
     return summary(values, seed)
+
+
+def bootstrap_inception_score(logits: np.ndarray, replicates: int, seed: int = 0) -> dict:
+    """Inception Score over resamples of the samples: each split's mean and marginal weight its samples by their
+    draws (the splits stay ADM's sequential blocks of the original order)."""
+    log_p = log_probabilities(logits)
+    return summary(np.array([split_scores(log_p, torch.from_numpy(w)) for w in resample_counts(len(log_p),
+                                                                                                replicates, seed)]),
+                   seed)
 
 
 def split_half_fid(samples: np.ndarray, seed: int = 0) -> float:

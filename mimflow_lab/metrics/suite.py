@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .bootstrap import Bootstrap, bootstrap_fid, bootstrap_kid, bootstrap_neighbours, bootstrap_recall, split_half_fid
+from .bootstrap import (Bootstrap, bootstrap_fid, bootstrap_inception_score, bootstrap_kid, bootstrap_neighbours,
+                        bootstrap_recall, split_half_fid)
 from .cache import reference_encoder_features, reference_features
 from .encoders import Encoder, npz_encoder_features
 from .inception_features import Features, npz_features
@@ -137,6 +138,8 @@ def adm_metrics(
     })
     if replicates is not None:
         result["bootstrap"] = {"fid": replicates.pop("fd"),
+                               **({} if samples.logits is None else {"inception_score": bootstrap_inception_score(
+                                   samples.logits, bootstrap.replicates)}),
                                "sfid": bootstrap_fid(samples.spatial, mu_s, sigma_s, bootstrap.replicates, seed=1,
                                                      reference=reference.spatial if bootstrap.reference else None),
                                **replicates}
@@ -183,7 +186,8 @@ def extra_lines(metrics: dict) -> list[str]:
     12.19–12.50)`` (and every other metric's interval) with --bootstrap, FID_r with --ref-val, one line (and
     its intervals) per --encoder."""
     replicates = metrics.get("bootstrap", {})
-    lines = [_interval(name, metrics[key], b) for key, name in (("fid", "FID"), ("sfid", "sFID"))
+    lines = [_interval(name, metrics[key], b) for key, name in (("inception_score", "Inception Score"),
+                                                                 ("fid", "FID"), ("sfid", "sFID"))
              if (b := replicates.get(key))]
     lines += [_interval(name, metrics[key], b, digits) for key, name, digits in INTERVALS
               if (b := replicates.get(key))]
