@@ -17,6 +17,8 @@ import torch
 
 from mimflow_core.errors import MIMFlowError
 
+from .precision_recall import all_finite
+
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 KID_SEED = 2020  # torch-fidelity's default rng_seed
@@ -64,7 +66,7 @@ def _feature_sets(samples: np.ndarray | torch.Tensor, reference: np.ndarray | to
         raise MIMFlowError(f"KID: subset size {subset_size} exceeds the number of points "
                            f"({len(x)} samples, {len(y)} reference); pass a smaller subset size")
     x, y = (t.to(device) if t.is_floating_point() else t.to(device, torch.float64) for t in (x, y))
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+    if not (all_finite(x) and all_finite(y)):
         raise MIMFlowError("KID: features contain NaN or Inf")
     return x, y
 
