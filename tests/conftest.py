@@ -9,6 +9,14 @@ import pytest
 from mimflow_core.config import ModelConfig, get_preset
 from mimflow_core.train import TrainOptions, train
 
+# Under pytest-xdist (the README's command runs two workers on CI's two cores) each worker computes on one thread:
+# two workers with two threads each would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 # Feature and reference caches of the whole test session (subprocesses included) go to a fresh directory,
 # never the user's ~/.cache.
 os.environ["MIMFLOW_CACHE"] = tempfile.mkdtemp(prefix="mimflow-test-cache-")
