@@ -155,3 +155,12 @@ def test_an_inception_score_replicate_equals_the_score_of_the_drawn_rows():
     by_split = [inception_score(np.repeat(logits[i:i + 70], w[i:i + 70].numpy(), axis=0)) for i in range(0, 300, 70)]
     assert split_scores(log_probabilities(logits), w, 70) == pytest.approx(np.mean(by_split), rel=1e-12)
     assert split_scores(log_probabilities(logits), None, 70) == pytest.approx(inception_score(logits, 70), rel=1e-15)
+
+
+def test_an_interval_that_misses_its_estimate_is_flagged_on_its_line():
+    from mimflow_lab.metrics.suite import _interval
+
+    inside = {"mean": 10.2, "std": 0.3, "ci95": [9.6, 10.8], "replicates": 50}
+    assert _interval("FID", 10.0, inside) == "FID 10.00 ± 0.30 (95 % 9.60–10.80, 50 bootstrap replicates)"
+    biased = {"mean": 14.0, "std": 0.5, "ci95": [13.1, 15.0], "replicates": 50}
+    assert "outside its interval: the resamples are biased by +4.00" in _interval("FID", 10.0, biased)
