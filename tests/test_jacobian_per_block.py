@@ -90,9 +90,8 @@ def test_product_bounds_and_shares(case):
         assert r["sum_log10_kappa"] >= (sv[i, 0] / sv[i, -1]).log10().item() - 1e-6
 
 
-def test_a_whole_flow_estimate_outside_the_bounds_is_flagged(case, request):
-    if request.node.callspec.params["case"] == "trained":
-        pytest.skip("a code path, not a property of the flow: the random flow covers it")
+@pytest.mark.parametrize("case", ["random"], indirect=True)  # a code path: the random flow covers it
+def test_a_whole_flow_estimate_outside_the_bounds_is_flagged(case):
     flow, z, y, seeds, whole, _, _ = case
     records = analyse_blocks(flow, z[:1], y[:1], seeds[:1], dataclasses.replace(
         whole, sigma_min=whole.sigma_min[:1] * 1e-3, sigma_max=whole.sigma_max[:1] * 1e3))
@@ -100,9 +99,8 @@ def test_a_whole_flow_estimate_outside_the_bounds_is_flagged(case, request):
     assert not records[0]["ok"]
 
 
-def test_batch_equals_one_sample_at_a_time(case, request):
-    if request.node.callspec.params["case"] == "trained":
-        pytest.skip("a code path, not a property of the flow: the random flow covers it")
+@pytest.mark.parametrize("case", ["random"], indirect=True)  # a code path: the random flow covers it
+def test_batch_equals_one_sample_at_a_time(case):
     flow, z, y, seeds, whole, records, _ = case
     alone = analyse_blocks(flow, z[2:], y[2:], seeds[2:], estimate(FlowJacobian(flow, z[2:], y[2:]), "fast", seeds[2:]))
     for b, a in zip(records[2]["blocks"], alone[0]["blocks"]):

@@ -69,9 +69,8 @@ def test_trace_is_certified_and_a_shifted_density_is_not(flow_case):
     assert not certify_density(op, shifted, PROBES)["check_slq_logdet_within_3se"].any()
 
 
-def test_batch_equals_one_sample_at_a_time(flow_case, request):
-    if request.node.callspec.params["flow_case"] == 0.06:
-        pytest.skip("a code path, not a property of the flow: one flow covers it")
+@pytest.mark.parametrize("flow_case", [0.1], indirect=True, ids=["kappa~1e3"])  # a code path: one flow covers it
+def test_batch_equals_one_sample_at_a_time(flow_case):
     flow, z, y, seeds, _, density, _ = flow_case
     op = FlowJacobian(flow, repeat_rows(z[1:], PROBES), repeat_rows(y[1:], PROBES))
     alone = estimate_density(op, seeds[1:], probes=PROBES)
@@ -111,9 +110,8 @@ def test_lanczos_quadrature_is_gauss_quadrature():
     assert identity.steps.tolist() == [1, 1] and identity.weights[:, 0].tolist() == [1.0, 1.0]
 
 
-def test_records_of_a_batch(flow_case, request):
-    if request.node.callspec.params["flow_case"] == 0.06:
-        pytest.skip("a code path, not a property of the flow: one flow covers it")
+@pytest.mark.parametrize("flow_case", [0.1], indirect=True, ids=["kappa~1e3"])  # a code path: one flow covers it
+def test_records_of_a_batch(flow_case):
     flow, z, y, seeds, _, density, sv = flow_case
     records = analyse_density(flow, z, y, seeds, probes=PROBES)
     for r, s in zip(records, sv):
