@@ -3,12 +3,13 @@
 A replicate resamples the *samples* with replacement (seeded) and keeps the
 reference side fixed, so the reference's PSD factor F (Σ_ref = F Fᵀ) is
 computed once; a Fréchet replicate is then the resampled mean and covariance
-(one Gram matrix of the drawn rows, each scaled by √(draws))
-and one symmetric eigenvalue problem Fᵀ Σ F. The other metrics never compute
-a distance again: precision, density and coverage use the reference's balls
+(one Gram matrix of the drawn rows, each scaled by √(draws)) and one
+symmetric eigenvalue problem Fᵀ Σ F. The other metrics never compute a
+distance again: precision, density and coverage use the reference's balls
 only, so their tests are made once per sample and a replicate reweights them
-(:func:`bootstrap_neighbours`), as the Inception Score reweights its splits; recall's balls are the samples' own, and a
-resample gives sample i the radius of its k-th nearest *other* drawn point
+(:func:`bootstrap_neighbours`), as the Inception Score reweights its splits;
+recall's balls are the samples' own, and a resample gives sample i the
+radius of its k-th nearest *other* drawn point
 (copies counted, its own copies not: left in, they would collapse the radius
 to 0), read from its nearest neighbours kept once (:func:`bootstrap_recall`);
 KID keeps its subsets and weights their points by their draws, leaving pairs
