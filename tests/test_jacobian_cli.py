@@ -270,8 +270,9 @@ def test_spectrum_and_per_block_for_both_models(run, tmp_path, capsys):
 @pytest.mark.parametrize("flags, needle", [
     (["--method", "paper"], "--spectrum combines with --method fast only"),
     (["--method", "exact"], "--spectrum combines with --method fast only"),
-    (["--probes", "0"], "--probes 0, --lanczos-steps 40: need at least 2 probes"),
+    (["--probes", "0"], "--probes 0, --lanczos-steps 40, --inverse-steps 40: need at least 2 probes"),
     (["--lanczos-steps", "-3"], "--lanczos-steps -3"),
+    (["--inverse-steps", "0"], "--inverse-steps 0: need"),
 ])
 def test_bad_spectrum_settings_are_one_line_and_exit_code_2(run, tmp_path, capsys, flags, needle):
     with pytest.raises(SystemExit) as exit_info:

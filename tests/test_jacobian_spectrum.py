@@ -119,3 +119,16 @@ def test_records_of_a_batch(flow_case):
         assert r["ok"] and r["exact_logdet"] == pytest.approx(s.log().sum().item(), abs=1e-8)
         assert r["sigma_max"] == pytest.approx(s[0].item(), rel=1e-8)
         assert set(r["fraction_below"]) == {"0.1", "0.01", "0.001"}
+
+
+@pytest.mark.parametrize("flow_case", [0.1], indirect=True, ids=["kappa~1e3"])  # a code path: one flow covers it
+def test_the_inverse_end_runs_its_own_step_count(flow_case):
+    """``inverse_steps`` sets the J⁻ᵀJ⁻¹ end alone: 2 products per step there, the JᵀJ end keeps m = 40."""
+    flow, z, y, seeds, _, _, _ = flow_case
+    op = FlowJacobian(flow, repeat_rows(z, PROBES), repeat_rows(y, PROBES))
+    density = estimate_density(op, seeds, probes=PROBES, steps=40, inverse_steps=12)
+    counts = {k: set(v.tolist()) for k, v in density.products.items()}
+    assert counts == {"J": {40}, "JT": {40}, "Jinv": {12}, "JinvT": {12}, "total": {104}}
+    assert density.nodes.shape == (len(seeds), PROBES, 40 + 12)
+    records = analyse_density(flow, z, y, seeds, probes=PROBES, inverse_steps=12)
+    assert [r["products"] for r in records] == [PROBES * 104] * len(seeds)

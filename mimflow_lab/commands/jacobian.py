@@ -38,7 +38,10 @@ METHODS = ("fast", "paper", "exact")
                    "and J^-T J^-1, certified against log|det J|); with --method fast only.")
 @click.option("--probes", default=8, show_default=True, help="Probe vectors per latent for --spectrum (>= 2).")
 @click.option("--lanczos-steps", default=40, show_default=True,
-              help="Lanczos steps (quadrature nodes) per probe and end for --spectrum.")
+              help="Lanczos steps (quadrature nodes) per probe on J^T J for --spectrum.")
+@click.option("--inverse-steps", type=int, default=None,
+              help="Lanczos steps per probe on J^-T J^-1 for --spectrum (the costly end: the flow's sequential "
+                   "inverse)  [default: --lanczos-steps]")
 @click.option("--probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher", show_default=True,
               help="Distribution of the --spectrum probes.")
 @click.option("--per-block", is_flag=True,
@@ -50,7 +53,8 @@ METHODS = ("fast", "paper", "exact")
 def jacobian(checkpoint: str | None, compare: tuple[str, ...], data: str, split: str, source: str,
              latents_file: str | None, samples: int, batch_size: int, method: str, blocks: int | None,
              unconditional: bool, tol: float, max_products: int, spectrum: bool, probes: int, lanczos_steps: int,
-             probe: str, per_block: bool, seed: int, weights: str, device: str, out: str) -> None:
+             inverse_steps: int | None, probe: str, per_block: bool, seed: int, weights: str, device: str,
+             out: str) -> None:
     """Extreme singular values and condition number of the latent flow's Jacobian at N latents (Fig. 5);
     with --spectrum / --per-block also the whole log-sigma density and each block's share (Fig. 5b)."""
     import torch
@@ -64,7 +68,7 @@ def jacobian(checkpoint: str | None, compare: tuple[str, ...], data: str, split:
                         source="file" if latents_file else source, data=None if latents_file else data,
                         split=None if latents_file else split, unconditional=unconditional,
                         seed=seed, tol=tol, max_products=max_products, spectrum=spectrum, probes=probes,
-                        lanczos_steps=lanczos_steps, probe=probe, per_block=per_block)
+                        lanczos_steps=lanczos_steps, inverse_steps=inverse_steps, probe=probe, per_block=per_block)
     (checkpoint,) = resolve_checkpoints([checkpoint] if checkpoint else [])
     result = run_jacobian([checkpoint, *compare], out, settings, latents_file, weights, device)
     for m in result["models"]:

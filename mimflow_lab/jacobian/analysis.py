@@ -51,7 +51,8 @@ class Settings:
     max_products: int = 20000  # per sample, paper route only
     spectrum: bool = False  # SLQ density of log σ per sample (spectrum.py)
     probes: int = 8  # n_v, probes per sample of the density
-    lanczos_steps: int = 40  # m, Lanczos steps per probe and end
+    lanczos_steps: int = 40  # m, Lanczos steps per probe on JᵀJ
+    inverse_steps: int | None = None  # Lanczos steps per probe on J⁻ᵀJ⁻¹; None: lanczos_steps
     probe: str = "rademacher"  # "rademacher" | "gaussian"
     per_block: bool = False  # σmax, σmin, κ, log|det| of every block's own Jacobian (per_block.py)
 
@@ -68,9 +69,10 @@ def check_settings(s: Settings) -> None:
                            f"and is the estimate --method {s.method} would be checked against)")
     if s.spectrum and s.probe not in PROBES:
         raise MIMFlowError(f"--probe: unknown probe {s.probe!r}; choose one of {', '.join(PROBES)}")
-    if s.spectrum and (s.probes < 2 or s.lanczos_steps < 1):
-        raise MIMFlowError(f"--probes {s.probes}, --lanczos-steps {s.lanczos_steps}: need at least 2 probes "
-                           f"(the certificate's standard error) and 1 step")
+    inverse_steps = s.lanczos_steps if s.inverse_steps is None else s.inverse_steps
+    if s.spectrum and (s.probes < 2 or s.lanczos_steps < 1 or inverse_steps < 1):
+        raise MIMFlowError(f"--probes {s.probes}, --lanczos-steps {s.lanczos_steps}, --inverse-steps {inverse_steps}: "
+                           f"need at least 2 probes (the certificate's standard error) and 1 step per end")
 
 
 def prepare_flow(model, blocks: int | None, ckpt: str | os.PathLike):
@@ -269,7 +271,8 @@ def analyse_flow(flow, z: Tensor, y: Tensor, settings: Settings, done: dict[int,
             done[start] = sample_records(est, certify(op, est), index, y[index])
             if settings.spectrum:
                 extras = analyse_density(flow, zb, yb, seeds, settings.blocks, settings.probes,
-                                         settings.lanczos_steps, settings.probe, bar.update)
+                                         settings.lanczos_steps, settings.probe, settings.inverse_steps,
+                                         bar.update)
                 for r, extra in zip(done[start], extras):
                     r["spectrum"] = extra
             if settings.per_block:
